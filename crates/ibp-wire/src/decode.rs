@@ -158,7 +158,10 @@ pub(crate) fn decode_object(
         DecodeError::new(
             DecodeErrorKind::NotAnObject,
             "",
-            format!("expected a JSON object for {type_name}, got {}", json_kind(raw)),
+            format!(
+                "expected a JSON object for {type_name}, got {}",
+                json_kind(raw)
+            ),
         )
     })?;
     for (key, value) in &entries.0 {
@@ -193,7 +196,11 @@ pub(crate) trait Field: Sized {
 }
 
 /// Decodes `raw` into `slot`, naming `field` in any error.
-pub(crate) fn set<T: Field>(slot: &mut T, field: &'static str, raw: &RawValue) -> Result<(), DecodeError> {
+pub(crate) fn set<T: Field>(
+    slot: &mut T,
+    field: &'static str,
+    raw: &RawValue,
+) -> Result<(), DecodeError> {
     if is_null(raw) {
         T::null_into(slot);
         return Ok(());
@@ -218,7 +225,10 @@ impl Field for bool {
         match raw.get().trim() {
             "true" => Ok(true),
             "false" => Ok(false),
-            _ => Err(type_error(format!("expected a boolean, got {}", json_kind(raw)))),
+            _ => Err(type_error(format!(
+                "expected a boolean, got {}",
+                json_kind(raw)
+            ))),
         }
     }
 }
@@ -236,8 +246,12 @@ impl Field for i64 {
 
 impl Field for WireTime {
     fn decode_field(raw: &RawValue) -> Result<Self, DecodeError> {
-        let s: String = serde_json::from_str(raw.get())
-            .map_err(|_| type_error(format!("expected an RFC 3339 string, got {}", json_kind(raw))))?;
+        let s: String = serde_json::from_str(raw.get()).map_err(|_| {
+            type_error(format!(
+                "expected an RFC 3339 string, got {}",
+                json_kind(raw)
+            ))
+        })?;
         WireTime::parse(&s).map_err(|e| type_error(e.to_string()))
     }
 }

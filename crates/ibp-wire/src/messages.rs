@@ -46,7 +46,11 @@ macro_rules! wire_message {
 }
 
 fn null_if_empty<T: serde::Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
-    if v.is_empty() { s.serialize_unit() } else { s.collect_seq(v) }
+    if v.is_empty() {
+        s.serialize_unit()
+    } else {
+        s.collect_seq(v)
+    }
 }
 
 fn is_empty(s: &str) -> bool {
@@ -56,7 +60,10 @@ fn is_empty(s: &str) -> bool {
 impl<T: WireDecode> Field for Vec<T> {
     fn decode_field(raw: &RawValue) -> Result<Self, DecodeError> {
         let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
-            DecodeError::field_type(format!("expected an array, got {}", crate::decode::json_kind(raw)))
+            DecodeError::field_type(format!(
+                "expected an array, got {}",
+                crate::decode::json_kind(raw)
+            ))
         })?;
         items
             .into_iter()
@@ -390,7 +397,8 @@ impl UsageRequest {
             if t.len() != 10 {
                 return Err(format!("{name} {t:?} is not a YYYY-MM-DD date"));
             }
-            NaiveDate::parse_from_str(t, "%Y-%m-%d").map_err(|_| format!("{name} {t:?} is not a valid date"))
+            NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .map_err(|_| format!("{name} {t:?} is not a valid date"))
         };
         let start = day("startDate", &self.start_date)?;
         let end = day("endDate", &self.end_date)?;

@@ -19,7 +19,9 @@ pub enum NodeIdError {
     #[error("node ID is empty")]
     Empty,
     /// The ID contains a character that would break NATS subjects.
-    #[error("node ID {id:?} contains {what} at byte {index}: node IDs become part of NATS subjects and may not contain spaces, dots, '*', '>' or control characters")]
+    #[error(
+        "node ID {id:?} contains {what} at byte {index}: node IDs become part of NATS subjects and may not contain spaces, dots, '*', '>' or control characters"
+    )]
     ForbiddenChar {
         /// The refused ID.
         id: String,
@@ -99,7 +101,14 @@ mod tests {
     fn rejects_ids_that_break_subjects() {
         assert_eq!(NodeId::new(""), Err(NodeIdError::Empty));
         assert_eq!(NodeId::new("  "), Err(NodeIdError::Empty));
-        for (id, idx) in [("a b", 1), ("a.b", 1), ("a*", 1), (">", 0), ("x\ty", 1), ("x\u{7}", 1)] {
+        for (id, idx) in [
+            ("a b", 1),
+            ("a.b", 1),
+            ("a*", 1),
+            (">", 0),
+            ("x\ty", 1),
+            ("x\u{7}", 1),
+        ] {
             match NodeId::new(id) {
                 Err(NodeIdError::ForbiddenChar { index, .. }) => assert_eq!(index, idx, "{id:?}"),
                 other => panic!("{id:?} gave {other:?}"),

@@ -63,7 +63,9 @@ impl fmt::Display for Role {
 
 /// A role string that is neither a wire role nor a short name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?}: expected monitor, dns or collator (or IBPMonitor, IBPDns, IBPCollator)")]
+#[error(
+    "unknown role {0:?}: expected monitor, dns or collator (or IBPMonitor, IBPDns, IBPCollator)"
+)]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -102,7 +104,10 @@ mod tests {
 
     #[test]
     fn guess_follows_go_rules() {
-        assert_eq!(Role::guess_from_node_id("EU-Monitor-1"), Some(Role::Monitor));
+        assert_eq!(
+            Role::guess_from_node_id("EU-Monitor-1"),
+            Some(Role::Monitor)
+        );
         assert_eq!(Role::guess_from_node_id("DNS1"), Some(Role::Dns));
         assert_eq!(Role::guess_from_node_id("collator"), None);
     }

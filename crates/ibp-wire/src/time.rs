@@ -32,7 +32,8 @@ impl WireTime {
     /// Go's zero time, `0001-01-01T00:00:00Z`.
     pub fn zero() -> WireTime {
         WireTime {
-            instant: DateTime::from_timestamp(GO_ZERO_UNIX_SECS, 0).unwrap_or(DateTime::<Utc>::MIN_UTC),
+            instant: DateTime::from_timestamp(GO_ZERO_UNIX_SECS, 0)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
             offset_secs: 0,
         }
     }
@@ -124,11 +125,13 @@ impl WireTime {
         if hour > 23 || min > 59 || sec > 59 {
             return Err(err("time of day out of range"));
         }
-        let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| err("no such date"))?;
+        let date =
+            NaiveDate::from_ymd_opt(year as i32, month, day).ok_or_else(|| err("no such date"))?;
         let naive = date
             .and_hms_nano_opt(hour, min, sec, nanos)
             .ok_or_else(|| err("time of day out of range"))?;
-        let offset = FixedOffset::east_opt(offset_secs).ok_or_else(|| err("offset out of range"))?;
+        let offset =
+            FixedOffset::east_opt(offset_secs).ok_or_else(|| err("offset out of range"))?;
         let local = offset
             .from_local_datetime(&naive)
             .single()
@@ -230,7 +233,10 @@ mod tests {
             "2026-01-01T10:00:00.5+02:00",
             "2026-01-01T10:00:00-07:30",
         ] {
-            assert_eq!(WireTime::parse(s).map(|t| t.to_go_string()), Ok(s.to_string()));
+            assert_eq!(
+                WireTime::parse(s).map(|t| t.to_go_string()),
+                Ok(s.to_string())
+            );
         }
     }
 
@@ -244,7 +250,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_reason() {
-        for s in ["", "2026-11-27", "2026-13-01T00:00:00Z", "2026-11-27T25:00:00Z", "2026-11-27T10:50:59.Z", "2026-11-27T10:50:59", "2026-11-27T10:50:59+0200"] {
+        for s in [
+            "",
+            "2026-11-27",
+            "2026-13-01T00:00:00Z",
+            "2026-11-27T25:00:00Z",
+            "2026-11-27T10:50:59.Z",
+            "2026-11-27T10:50:59",
+            "2026-11-27T10:50:59+0200",
+        ] {
             assert!(WireTime::parse(s).is_err(), "{s:?} should fail");
         }
     }

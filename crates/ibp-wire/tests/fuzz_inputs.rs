@@ -12,10 +12,36 @@ use ibp_wire::{
 const INPUTS: usize = 100_000;
 
 const TOKENS: &[&str] = &[
-    "{", "}", "[", "]", ":", ",", "\"", "null", "true", "false", "0", "-1", "1e999", "1.5",
-    "\"ID\"", "\"Proposal\"", "\"Timestamp\"", "\"2026-11-27T10:50:59.1Z\"", "\"usageRecords\"",
-    "\"events\"", "\"sender\"", "\"members\"", "\\u0000", "\\ud800", "\u{FFFF}", "\"hits\"",
-    "99999999999999999999999", "\"Data\"", " ", "\n",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+    "\"",
+    "null",
+    "true",
+    "false",
+    "0",
+    "-1",
+    "1e999",
+    "1.5",
+    "\"ID\"",
+    "\"Proposal\"",
+    "\"Timestamp\"",
+    "\"2026-11-27T10:50:59.1Z\"",
+    "\"usageRecords\"",
+    "\"events\"",
+    "\"sender\"",
+    "\"members\"",
+    "\\u0000",
+    "\\ud800",
+    "\u{FFFF}",
+    "\"hits\"",
+    "99999999999999999999999",
+    "\"Data\"",
+    " ",
+    "\n",
 ];
 
 fn mutate(rng: &mut Rng, seed_inputs: &[Vec<u8>]) -> Vec<u8> {
@@ -53,16 +79,49 @@ fn mutate(rng: &mut Rng, seed_inputs: &[Vec<u8>]) -> Vec<u8> {
         }
         // Structurally valid JSON with the right keys and random value types.
         _ => {
-            let keys = ["ID", "Proposal", "Passed", "Agree", "nodeID", "usageRecords", "events", "sender",
-                        "members", "hits", "date", "Data", "data", "startTime", "Timestamp", "type"];
-            let vals = ["null", "1", "-7", "1.5", "\"x\"", "true", "[]", "{}", "[null]", "[{}]",
-                        "{\"ID\":{}}", "\"2026-01-01T00:00:00Z\"", "[{\"hits\":\"x\"}]"];
+            let keys = [
+                "ID",
+                "Proposal",
+                "Passed",
+                "Agree",
+                "nodeID",
+                "usageRecords",
+                "events",
+                "sender",
+                "members",
+                "hits",
+                "date",
+                "Data",
+                "data",
+                "startTime",
+                "Timestamp",
+                "type",
+            ];
+            let vals = [
+                "null",
+                "1",
+                "-7",
+                "1.5",
+                "\"x\"",
+                "true",
+                "[]",
+                "{}",
+                "[null]",
+                "[{}]",
+                "{\"ID\":{}}",
+                "\"2026-01-01T00:00:00Z\"",
+                "[{\"hits\":\"x\"}]",
+            ];
             let mut s = String::from("{");
             for i in 0..rng.below(6) {
                 if i > 0 {
                     s.push(',');
                 }
-                s.push_str(&format!("\"{}\":{}", keys[rng.below(keys.len())], vals[rng.below(vals.len())]));
+                s.push_str(&format!(
+                    "\"{}\":{}",
+                    keys[rng.below(keys.len())],
+                    vals[rng.below(vals.len())]
+                ));
             }
             s.push('}');
             s.into_bytes()
@@ -80,7 +139,10 @@ fn feed<T: WireDecode>(input: &[u8], ok: &mut usize) {
 fn decoders_never_panic_on_hostile_input() {
     let seed = test_seed("decoders_never_panic_on_hostile_input");
     let mut rng = Rng(seed);
-    let seeds: Vec<Vec<u8>> = captured_messages().into_iter().map(|(_, m)| m.raw.into_bytes()).collect();
+    let seeds: Vec<Vec<u8>> = captured_messages()
+        .into_iter()
+        .map(|(_, m)| m.raw.into_bytes())
+        .collect();
     assert!(!seeds.is_empty());
     let mut decoded = 0usize;
     for n in 0..INPUTS {
@@ -102,10 +164,19 @@ fn decoders_never_panic_on_hostile_input() {
         });
         match r {
             Ok(ok) => decoded += ok,
-            Err(_) => panic!("input #{n} panicked a decoder (seed {seed}): {:?}", String::from_utf8_lossy(&input)),
+            Err(_) => panic!(
+                "input #{n} panicked a decoder (seed {seed}): {:?}",
+                String::from_utf8_lossy(&input)
+            ),
         }
     }
     // Sanity: the generator produces both decodable and undecodable inputs.
-    assert!(decoded > 1000, "only {decoded} inputs decoded; the generator is broken");
-    assert!(decoded < INPUTS * 11, "every input decoded; the generator is broken");
+    assert!(
+        decoded > 1000,
+        "only {decoded} inputs decoded; the generator is broken"
+    );
+    assert!(
+        decoded < INPUTS * 11,
+        "every input decoded; the generator is broken"
+    );
 }

@@ -20,7 +20,12 @@ fn text() -> impl Strategy<Value = String> {
 
 fn wire_time() -> impl Strategy<Value = WireTime> {
     let secs = -62_135_596_800i64..253_402_300_799i64;
-    (secs, 0u32..1_000_000_000, prop::sample::select(vec![0i32, 3600, -19_800, 20_700]), any::<bool>())
+    (
+        secs,
+        0u32..1_000_000_000,
+        prop::sample::select(vec![0i32, 3600, -19_800, 20_700]),
+        any::<bool>(),
+    )
         .prop_map(|(s, n, off, zero)| {
             if zero {
                 return WireTime::zero();
@@ -54,7 +59,10 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 }
 
 fn data() -> impl Strategy<Value = Data> {
-    prop_oneof![Just(Data::none()), json_value().prop_map(|v| Data::from_value(&v))]
+    prop_oneof![
+        Just(Data::none()),
+        json_value().prop_map(|v| Data::from_value(&v))
+    ]
 }
 
 prop_compose! {
@@ -129,9 +137,12 @@ prop_compose! {
     }
 }
 
-fn round_trip<T: WireDecode + serde::Serialize + PartialEq + std::fmt::Debug>(msg: &T) -> Result<(), TestCaseError> {
+fn round_trip<T: WireDecode + serde::Serialize + PartialEq + std::fmt::Debug>(
+    msg: &T,
+) -> Result<(), TestCaseError> {
     let bytes = encode(msg).expect("encodes");
-    let back: T = decode(&bytes).map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
+    let back: T = decode(&bytes)
+        .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
     prop_assert_eq!(&back, msg);
     // Go matches keys case-insensitively: shouting every key must not change the value.
     let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");

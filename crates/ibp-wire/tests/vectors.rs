@@ -9,13 +9,23 @@ use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote, decode, en
 #[test]
 fn every_captured_message_round_trips_as_json_value_and_bytes() {
     let msgs = captured_messages();
-    assert!(msgs.len() >= 40, "expected the captured vectors, found {}", msgs.len());
+    assert!(
+        msgs.len() >= 40,
+        "expected the captured vectors, found {}",
+        msgs.len()
+    );
     for (file, m) in &msgs {
         let out = reencode_for_subject(&m.subject, m.raw.as_bytes())
             .unwrap_or_else(|e| panic!("{}: {} failed to decode: {e}", file.display(), m.subject));
         let original: serde_json::Value = serde_json::from_str(&m.raw).expect("original is JSON");
         let again: serde_json::Value = serde_json::from_slice(&out).expect("re-encoded is JSON");
-        assert_eq!(original, again, "{}: {} changed value", file.display(), m.subject);
+        assert_eq!(
+            original,
+            again,
+            "{}: {} changed value",
+            file.display(),
+            m.subject
+        );
         assert_eq!(
             m.raw,
             String::from_utf8_lossy(&out),
@@ -44,7 +54,12 @@ fn single_vector_files_decode_to_expected_fields() {
         let f: FinalizeMessage = decode(&read("finalize.json")).expect("finalize");
         assert_eq!(f.proposal, p);
         assert_eq!(f.passed, case.ends_with("agree"));
-        for (name, raw) in [("propose.json", encode(&p)), ("vote.json", encode(&v)), ("finalize.json", encode(&f)), ("cluster_join.json", encode(&join))] {
+        for (name, raw) in [
+            ("propose.json", encode(&p)),
+            ("vote.json", encode(&v)),
+            ("finalize.json", encode(&f)),
+            ("cluster_join.json", encode(&join)),
+        ] {
             let raw = raw.expect("encodes");
             let orig: serde_json::Value = serde_json::from_slice(&read(name)).expect("json");
             let again: serde_json::Value = serde_json::from_slice(&raw).expect("json");

@@ -34,7 +34,9 @@ pub fn captured_messages() -> Vec<(PathBuf, Captured)> {
     dirs.sort();
     for dir in dirs {
         let file = dir.join("all_messages.jsonl");
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let v: serde_json::Value = serde_json::from_str(line).expect("vector line is JSON");
             out.push((
@@ -73,7 +75,9 @@ pub fn reencode_for_subject(subject: &str, bytes: &[u8]) -> Result<Vec<u8>, Deco
 /// fresh. Always printed, so a failing run can be replayed.
 pub fn test_seed(test: &str) -> u64 {
     let seed = match std::env::var("IBP_TEST_SEED") {
-        Ok(s) => s.parse().unwrap_or_else(|_| panic!("IBP_TEST_SEED={s:?} is not a u64")),
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("IBP_TEST_SEED={s:?} is not a u64")),
         Err(_) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -95,7 +99,11 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next_u64() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.next_u64() % 100 < percent

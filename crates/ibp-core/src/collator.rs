@@ -1,0 +1,200 @@
+//! The collator's proposal and vote cache (protocol §5, storage §3): it never votes, it only
+//! remembers who voted how, so an outage can be recorded with its votes.
+//!
+//! Fixes over the reference: entries age by local receive time (D13), the cache is
+//! bounded, and a decision is reported once — duplicate finalizes from the other monitors
+//! never overwrite the votes of the first (D3).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ibp_wire::{FinalizeMessage, Proposal, Vote};
+
+use crate::time::{Now, after, elapsed};
+use crate::{CoreConfig, Counters, Decision};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    proposal: Option<Proposal>,
+    votes: BTreeMap<String, bool>,
+    created_at: Now,
+}
+
+/// The collator cache.
+#[derive(Debug)]
+pub struct VoteCache {
+    ttl: std::time::Duration,
+    janitor_interval: std::time::Duration,
+    cap: usize,
+    max_voters: usize,
+    entries: BTreeMap<String, Entry>,
+    finalized: BTreeMap<String, bool>,
+    finalized_order: VecDeque<(Now, String)>,
+    next_janitor: Option<Now>,
+}
+
+impl VoteCache {
+    /// A cache with the reference lifetime (10 min) and janitor period (30 s), capped at
+    /// `cfg.max_proposals` entries.
+    pub fn new(cfg: &CoreConfig) -> VoteCache {
+        VoteCache {
+            ttl: cfg.proposal_ttl,
+            janitor_interval: std::time::Duration::from_secs(30),
+            cap: cfg.max_proposals,
+            max_voters: cfg.max_nodes,
+            entries: BTreeMap::new(),
+            finalized: BTreeMap::new(),
+            finalized_order: VecDeque::new(),
+            next_janitor: None,
+        }
+    }
+
+    /// Caches a proposal, merging with a stub created by an earlier vote.
+    pub fn on_proposal(&mut self, p: Proposal, now: Now, c: &mut Counters) {
+        if p.id.is_empty() {
+            c.invalid_messages += 1;
+            return;
+        }
+        if self.finalized.contains_key(&p.id) {
+            c.duplicate_proposals += 1;
+            return;
+        }
+        if let Some(e) = self.entries.get_mut(&p.id) {
+            e.proposal = Some(p);
+            return;
+        }
+        if self.entries.len() >= self.cap {
+            c.refused_proposals += 1;
+            return;
+        }
+        self.entries.insert(
+            p.id.clone(),
+            Entry {
+                proposal: Some(p),
+                votes: BTreeMap::new(),
+                created_at: now,
+            },
+        );
+    }
+
+    /// Records a vote (last vote per voter wins); creates a stub if the proposal is unknown.
+    pub fn on_vote(&mut self, v: Vote, now: Now, c: &mut Counters) {
+        if v.proposal_id.is_empty() || v.node_id.is_empty() {
+            c.invalid_messages += 1;
+            return;
+        }
+        if self.finalized.contains_key(&v.proposal_id) {
+            c.late_votes += 1;
+            return;
+        }
+        if !self.entries.contains_key(&v.proposal_id) && self.entries.len() >= self.cap {
+            c.refused_pending_votes += 1;
+            return;
+        }
+        let e = self.entries.entry(v.proposal_id).or_insert_with(|| Entry {
+            proposal: None,
+            votes: BTreeMap::new(),
+            created_at: now,
+        });
+        if e.votes.len() < self.max_voters || e.votes.contains_key(&v.node_id) {
+            e.votes.insert(v.node_id, v.agree);
+        } else {
+            c.refused_pending_votes += 1;
+        }
+    }
+
+    /// Handles a finalize: the first one of a decision pops the cached votes and returns the
+    /// decision; repeats return `None`. A passed finalize after a failed one still counts.
+    pub fn on_finalize(
+        &mut self,
+        f: FinalizeMessage,
+        now: Now,
+        c: &mut Counters,
+    ) -> Option<Decision> {
+        let id = f.proposal.id.clone();
+        if id.is_empty() {
+            c.invalid_messages += 1;
+            return None;
+        }
+        if self
+            .finalized
+            .get(&id)
+            .is_some_and(|passed| *passed || !f.passed)
+        {
+            c.duplicate_finalizes += 1;
+            return None;
+        }
+        if self.finalized.insert(id.clone(), f.passed).is_none() {
+            self.finalized_order.push_back((now, id.clone()));
+        }
+        c.decisions_received += 1;
+        if f.passed {
+            c.decisions_passed += 1;
+        } else {
+            c.decisions_failed += 1;
+        }
+        let entry = self.entries.remove(&id);
+        Some(Decision {
+            finalizer: f.finalizer().to_string(),
+            passed: f.passed,
+            decided_at: f.decided_at,
+            by_self: false,
+            applied: false,
+            latency: entry.as_ref().map(|e| elapsed(e.created_at, now)),
+            tally: None,
+            votes: entry.map(|e| e.votes),
+            proposal: f.proposal,
+        })
+    }
+
+    /// Drops entries older than the lifetime (local time) and forgets old decisions.
+    pub fn tick(&mut self, now: Now, c: &mut Counters) {
+        if self.next_janitor.is_some_and(|at| at > now) {
+            return;
+        }
+        self.next_janitor = Some(after(now, self.janitor_interval));
+        let ttl = self.ttl;
+        let before = self.entries.len();
+        self.entries.retain(|_, e| elapsed(e.created_at, now) < ttl);
+        c.expired_proposals += (before - self.entries.len()) as u64;
+        // Decisions are remembered 1.5 × the lifetime: longer than any monitor still tracks them.
+        let keep = ttl + ttl / 2;
+        while let Some((at, _)) = self.finalized_order.front() {
+            if elapsed(*at, now) < keep && self.finalized_order.len() <= self.cap * 4 {
+                break;
+            }
+            if let Some((_, id)) = self.finalized_order.pop_front() {
+                self.finalized.remove(&id);
+            }
+        }
+    }
+
+    /// When [`VoteCache::tick`] is next needed.
+    pub fn next_deadline(&self) -> Option<Now> {
+        self.next_janitor
+    }
+
+    /// Number of cached entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Cached proposals with their votes, for the proposals view.
+    pub fn snapshot(&self) -> Vec<(String, Option<Proposal>, BTreeMap<String, bool>, Now)> {
+        self.entries
+            .iter()
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    e.proposal.clone(),
+                    e.votes.clone(),
+                    e.created_at,
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,858 @@
+//! Consensus (protocol §5): propose, track, vote, decide, finalize, time out, collect garbage.
+//!
+//! Pure: the caller passes the time and the membership view; everything to do comes back
+//! as [`Effect`]s. Differences from the Go reference, all invisible on the wire:
+//! * decisions are remembered for `decided_ttl`, so duplicate finalizes, late votes and
+//!   repeated proposals of a decided ID change nothing;
+//! * a passed decision never overwrites a newer official result for the same check
+//!   (ordered by when this node first saw each proposal; by proposer clock only when it
+//!   never saw one of them);
+//! * ageing uses the local time a proposal was first seen, not the proposer's clock;
+//! * tracked proposals, buffered-vote buckets and remembered decisions are capped;
+//! * an optional quorum floor keeps a minority partition from ever deciding;
+//! * a change of local observation re-votes on the tracked proposals for that check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ibp_wire::{Data, FinalizeMessage, Proposal, Role, Vote, WireTime};
+use serde::Serialize;
+
+use crate::check::ProposalKey;
+use crate::membership::Membership;
+use crate::time::{Now, after, elapsed};
+use crate::{CheckKey, CoreConfig, Counters, Decision, Effect, OfficialChange, Outbound};
+
+/// Source of proposal IDs (UUID v4 in production, seeded in simulations).
+pub trait IdSource: Send {
+    /// A fresh, unique proposal ID.
+    fn next_id(&mut self) -> String;
+}
+
+impl<F: FnMut() -> String + Send> IdSource for F {
+    fn next_id(&mut self) -> String {
+        self()
+    }
+}
+
+/// A proposal this node tracks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracked {
+    /// The proposal as received (or created).
+    pub proposal: Proposal,
+    /// Local time this node first saw it (its age, and its order against other decisions).
+    pub received_at: Now,
+    /// Votes by node ID (last vote per node wins).
+    pub votes: BTreeMap<String, bool>,
+    /// Timeouts so far.
+    pub timeouts: u32,
+    /// When it is next re-evaluated.
+    pub next_timeout: Now,
+    /// True when this node created it.
+    pub own: bool,
+    /// Last time this node broadcast it (own proposals only).
+    pub last_broadcast: Option<Now>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingBucket {
+    votes: BTreeMap<String, (bool, Now)>,
+}
+
+/// An official result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Official {
+    /// The status (true = online).
+    pub status: bool,
+    /// The proposal that decided it.
+    pub proposal: Proposal,
+    /// Local time this node first saw that proposal, when it did (not after a restart).
+    pub seen_at: Option<Now>,
+    /// Local time the result was applied.
+    pub applied_at: Now,
+}
+
+/// A local observation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Local {
+    /// The observed status.
+    pub status: bool,
+    /// The check's error text.
+    pub error_text: String,
+    /// The check's details.
+    #[serde(skip)]
+    pub data: Data,
+    /// Local time of the observation.
+    pub observed_at: Now,
+}
+
+/// What [`Consensus::propose`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeOutcome {
+    /// A new proposal with this ID was created and published.
+    Created(String),
+    /// A matching proposal was already tracked; this node voted on it again.
+    Revoted(String),
+    /// A matching own proposal was republished with its original ID (and voted on again).
+    Republished(String),
+    /// Refused: the cap on tracked proposals is reached, or this node is not a monitor.
+    Refused,
+}
+
+impl ProposeOutcome {
+    /// The proposal ID concerned, if any.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ProposeOutcome::Created(id)
+            | ProposeOutcome::Revoted(id)
+            | ProposeOutcome::Republished(id) => Some(id),
+            ProposeOutcome::Refused => None,
+        }
+    }
+}
+
+/// What [`Consensus::observe`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObserveOutcome {
+    /// The observation equals the official result: recorded, nothing proposed.
+    Unchanged,
+    /// The observation differs from the official result (or there is none): proposed.
+    Proposed(ProposeOutcome),
+}
+
+/// The consensus state machine of one monitor.
+pub struct Consensus {
+    cfg: CoreConfig,
+    me: String,
+    tracked: BTreeMap<String, Tracked>,
+    by_key: BTreeMap<ProposalKey, BTreeSet<String>>,
+    timeouts: BTreeSet<(Now, String)>,
+    pending: BTreeMap<String, PendingBucket>,
+    /// Decided proposal IDs with whether they passed.
+    decided: BTreeMap<String, bool>,
+    decided_order: std::collections::VecDeque<(Now, String)>,
+    local: BTreeMap<CheckKey, Local>,
+    official: BTreeMap<CheckKey, Official>,
+    ids: Box<dyn IdSource>,
+    next_gc: Option<Now>,
+}
+
+impl std::fmt::Debug for Consensus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consensus")
+            .field("me", &self.me)
+            .field("tracked", &self.tracked.len())
+            .field("pending", &self.pending.len())
+            .field("official", &self.official.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consensus {
+    /// A consensus engine for monitor `me`.
+    pub fn new(me: impl Into<String>, cfg: CoreConfig, ids: Box<dyn IdSource>) -> Consensus {
+        Consensus {
+            cfg,
+            me: me.into(),
+            tracked: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            timeouts: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            decided: BTreeMap::new(),
+            decided_order: Default::default(),
+            local: BTreeMap::new(),
+            official: BTreeMap::new(),
+            ids,
+            next_gc: None,
+        }
+    }
+
+    // ----- observations and proposals -------------------------------------------------
+
+    /// Records a local observation without proposing. When the status changed, re-votes
+    /// on the tracked proposals for that check so they reflect the latest observation.
+    pub fn set_local(
+        &mut self,
+        key: CheckKey,
+        status: bool,
+        error_text: String,
+        data: Data,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        let changed = self.local.get(&key).is_none_or(|l| l.status != status);
+        self.local.insert(
+            key.clone(),
+            Local {
+                status,
+                error_text,
+                data,
+                observed_at: now,
+            },
+        );
+        if changed {
+            let ids: Vec<String> = [true, false]
+                .into_iter()
+                .filter_map(|s| self.by_key.get(&(key.clone(), s)))
+                .flatten()
+                .cloned()
+                .collect();
+            for id in ids {
+                self.vote_own(&id, now, m, c, out);
+            }
+        }
+    }
+
+    /// A local observation as a Go monitor handles a check result: record it, and propose
+    /// when it differs from the official result or there is none.
+    pub fn observe(
+        &mut self,
+        key: CheckKey,
+        status: bool,
+        error_text: String,
+        data: Data,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) -> ObserveOutcome {
+        self.set_local(
+            key.clone(),
+            status,
+            error_text.clone(),
+            data.clone(),
+            now,
+            m,
+            c,
+            out,
+        );
+        if self.official.get(&key).is_some_and(|o| o.status == status) {
+            return ObserveOutcome::Unchanged;
+        }
+        ObserveOutcome::Proposed(self.propose(key, status, error_text, data, now, m, c, out))
+    }
+
+    /// Proposes `status` for `key` (the reference `ProposeCheckStatus`). If an undecided
+    /// proposal with the same check and status is tracked, votes on it again instead, and
+    /// republishes it when it is this node's own and was last broadcast at least
+    /// `republish_after` ago.
+    pub fn propose(
+        &mut self,
+        key: CheckKey,
+        status: bool,
+        error_text: String,
+        data: Data,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) -> ProposeOutcome {
+        if m.role() != Role::Monitor {
+            return ProposeOutcome::Refused;
+        }
+        let pkey = (key.clone(), status);
+        if let Some(ids) = self.by_key.get(&pkey) {
+            // Prefer an own proposal, so it can be republished; else the oldest.
+            let chosen = ids
+                .iter()
+                .find(|id| self.tracked.get(*id).is_some_and(|t| t.own))
+                .or_else(|| {
+                    ids.iter()
+                        .min_by_key(|id| self.tracked.get(*id).map(|t| t.received_at))
+                })
+                .cloned();
+            if let Some(id) = chosen {
+                let mut republished = false;
+                if let Some(t) = self.tracked.get_mut(&id)
+                    && t.own
+                    && t.last_broadcast
+                        .is_none_or(|b| elapsed(b, now) >= self.cfg.republish_after)
+                {
+                    t.last_broadcast = Some(now);
+                    out.push(Effect::Publish(Outbound::Propose(t.proposal.clone())));
+                    c.proposals_republished += 1;
+                    republished = true;
+                }
+                self.vote_own(&id, now, m, c, out);
+                return if republished {
+                    ProposeOutcome::Republished(id)
+                } else {
+                    ProposeOutcome::Revoted(id)
+                };
+            }
+        }
+        if self.tracked.len() >= self.cfg.max_proposals {
+            c.refused_proposals += 1;
+            return ProposeOutcome::Refused;
+        }
+        let id = self.ids.next_id();
+        let proposal = Proposal {
+            id: id.clone(),
+            sender_node_id: self.me.clone(),
+            check_type: key.check_type.clone(),
+            check_name: key.check_name.clone(),
+            member_name: key.member_name.clone(),
+            domain_name: key.domain_name.clone(),
+            endpoint: key.endpoint.clone(),
+            proposed_status: status,
+            error_text,
+            data,
+            is_ipv6: key.is_ipv6,
+            timestamp: WireTime::from_utc(now),
+        };
+        c.proposals_created += 1;
+        out.push(Effect::Publish(Outbound::Propose(proposal.clone())));
+        self.track(proposal, true, now);
+        self.apply_pending(&id, m, now, c, out);
+        self.vote_own(&id, now, m, c, out);
+        ProposeOutcome::Created(id)
+    }
+
+    /// Proposes again every local observation that differs from the official result. The
+    /// Go monitor does this implicitly by re-running its checks; it is what repairs a
+    /// decision that was lost (a dropped finalize, a reconnect).
+    pub fn reconcile(
+        &mut self,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) -> usize {
+        let differing: Vec<(CheckKey, Local)> = self
+            .local
+            .iter()
+            .filter(|(k, l)| {
+                k.typed().is_some() && self.official.get(*k).is_none_or(|o| o.status != l.status)
+            })
+            .map(|(k, l)| (k.clone(), l.clone()))
+            .collect();
+        let n = differing.len();
+        for (key, l) in differing {
+            self.propose(key, l.status, l.error_text, l.data, now, m, c, out);
+        }
+        n
+    }
+
+    fn track(&mut self, proposal: Proposal, own: bool, now: Now) {
+        let id = proposal.id.clone();
+        let next_timeout = after(now, self.cfg.proposal_timeout);
+        self.by_key
+            .entry((CheckKey::of(&proposal), proposal.proposed_status))
+            .or_default()
+            .insert(id.clone());
+        self.timeouts.insert((next_timeout, id.clone()));
+        self.tracked.insert(
+            id,
+            Tracked {
+                proposal,
+                received_at: now,
+                votes: BTreeMap::new(),
+                timeouts: 0,
+                next_timeout,
+                own,
+                last_broadcast: own.then_some(now),
+            },
+        );
+    }
+
+    fn untrack(&mut self, id: &str) -> Option<Tracked> {
+        let t = self.tracked.remove(id)?;
+        let pkey = (CheckKey::of(&t.proposal), t.proposal.proposed_status);
+        if let Some(set) = self.by_key.get_mut(&pkey) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_key.remove(&pkey);
+            }
+        }
+        self.timeouts.remove(&(t.next_timeout, id.to_string()));
+        Some(t)
+    }
+
+    fn mark_decided(&mut self, id: &str, passed: bool, now: Now) {
+        if self.decided.len() >= self.cfg.max_decided
+            && let Some((_, old)) = self.decided_order.pop_front()
+        {
+            self.decided.remove(&old);
+        }
+        if self.decided.insert(id.to_string(), passed).is_none() {
+            self.decided_order.push_back((now, id.to_string()));
+        }
+    }
+
+    /// Whether a finalize for `id` with `passed` adds nothing: the ID was decided with the
+    /// same outcome, or it already passed. (A pass after a fail still counts, as it does
+    /// for Go nodes, which apply every passed finalize.)
+    fn already_decided(&self, id: &str, passed: bool) -> bool {
+        self.decided.get(id).is_some_and(|d| *d || !passed)
+    }
+
+    // ----- received messages ----------------------------------------------------------
+
+    /// Handles a received proposal.
+    pub fn on_proposal(
+        &mut self,
+        p: Proposal,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        if p.id.is_empty() {
+            c.invalid_messages += 1;
+            return;
+        }
+        if self.tracked.contains_key(&p.id) || self.decided.contains_key(&p.id) {
+            c.duplicate_proposals += 1;
+            return;
+        }
+        if self.tracked.len() >= self.cfg.max_proposals {
+            c.refused_proposals += 1;
+            return;
+        }
+        let id = p.id.clone();
+        self.track(p, false, now);
+        self.apply_pending(&id, m, now, c, out);
+        self.vote_own(&id, now, m, c, out);
+    }
+
+    /// Handles a received vote: counted if its proposal is tracked, buffered if the
+    /// proposal has not arrived yet, ignored if it was already decided.
+    pub fn on_vote(
+        &mut self,
+        v: Vote,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        if v.proposal_id.is_empty() || v.node_id.is_empty() || v.node_id == self.me {
+            c.invalid_messages += 1;
+            return;
+        }
+        if self.decided.contains_key(&v.proposal_id) {
+            c.late_votes += 1;
+            return;
+        }
+        if let Some(t) = self.tracked.get_mut(&v.proposal_id) {
+            t.votes.insert(v.node_id, v.agree);
+            let id = v.proposal_id;
+            self.decide(&id, now, m, c, out);
+            return;
+        }
+        if !self.pending.contains_key(&v.proposal_id)
+            && self.pending.len() >= self.cfg.max_pending_buckets
+        {
+            c.refused_pending_votes += 1;
+            return;
+        }
+        let bucket = self
+            .pending
+            .entry(v.proposal_id)
+            .or_insert_with(|| PendingBucket {
+                votes: BTreeMap::new(),
+            });
+        if bucket.votes.len() >= self.cfg.max_nodes && !bucket.votes.contains_key(&v.node_id) {
+            c.refused_pending_votes += 1;
+            return;
+        }
+        bucket.votes.insert(v.node_id, (v.agree, now));
+    }
+
+    /// Handles a received finalize: forget the proposal, apply it if it passed.
+    pub fn on_finalize(
+        &mut self,
+        f: FinalizeMessage,
+        now: Now,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        let id = f.proposal.id.clone();
+        if id.is_empty() {
+            c.invalid_messages += 1;
+            return;
+        }
+        let tracked = self.untrack(&id);
+        self.pending.remove(&id);
+        if self.already_decided(&id, f.passed) {
+            c.duplicate_finalizes += 1;
+            return;
+        }
+        self.mark_decided(&id, f.passed, now);
+        c.decisions_received += 1;
+        let seen_at = tracked.as_ref().map(|t| t.received_at);
+        let applied = f.passed && self.apply_official(&f.proposal, seen_at, now, c, out);
+        if f.passed {
+            c.decisions_passed += 1;
+        } else {
+            c.decisions_failed += 1;
+        }
+        out.push(Effect::Decided(Decision {
+            finalizer: f.finalizer().to_string(),
+            passed: f.passed,
+            decided_at: f.decided_at,
+            by_self: false,
+            applied,
+            latency: seen_at.map(|s| elapsed(s, now)),
+            tally: None,
+            votes: tracked.map(|t| t.votes),
+            proposal: f.proposal,
+        }));
+    }
+
+    fn apply_pending(
+        &mut self,
+        id: &str,
+        m: &Membership,
+        now: Now,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(bucket) = self.pending.remove(id) else {
+            return;
+        };
+        if let Some(t) = self.tracked.get_mut(id) {
+            for (node, (agree, _)) in bucket.votes {
+                t.votes.insert(node, agree);
+            }
+        }
+        self.decide(id, now, m, c, out);
+    }
+
+    /// Votes from the local observation, records the vote at once (no echo), publishes it.
+    fn vote_own(
+        &mut self,
+        id: &str,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        if m.role() != Role::Monitor {
+            return;
+        }
+        let Some(t) = self.tracked.get_mut(id) else {
+            return;
+        };
+        let key = CheckKey::of(&t.proposal);
+        if key.typed().is_none() {
+            return;
+        }
+        let Some(local) = self.local.get(&key) else {
+            return;
+        };
+        let agree = local.status == t.proposal.proposed_status;
+        t.votes.insert(self.me.clone(), agree);
+        out.push(Effect::Publish(Outbound::Vote(Vote {
+            proposal_id: id.to_string(),
+            sender_node_id: self.me.clone(),
+            node_id: self.me.clone(),
+            agree,
+            timestamp: WireTime::from_utc(now),
+        })));
+        self.decide(id, now, m, c, out);
+    }
+
+    /// The number of votes a decision needs with `total` active monitors.
+    pub fn majority(&self, total: usize) -> usize {
+        let mut maj = (total / 2 + 1).max(self.cfg.min_votes);
+        if let Some(q) = self.cfg.min_quorum {
+            maj = maj.max(q);
+        }
+        maj
+    }
+
+    /// Counts the votes of active monitors; finalizes if a side has the majority.
+    fn decide(
+        &mut self,
+        id: &str,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        if m.role() != Role::Monitor {
+            return false;
+        }
+        let Some(t) = self.tracked.get(id) else {
+            return false;
+        };
+        let total = m.count_active(Role::Monitor, now);
+        if total < self.cfg.min_active_monitors {
+            return false;
+        }
+        let maj = self.majority(total);
+        let (mut yes, mut no) = (0, 0);
+        for (voter, agree) in &t.votes {
+            if m.is_active_monitor(voter, now) {
+                if *agree {
+                    yes += 1;
+                } else {
+                    no += 1;
+                }
+            }
+        }
+        let passed = if yes >= maj {
+            true
+        } else if no >= maj {
+            false
+        } else {
+            return false;
+        };
+        self.finalize_own(id, passed, Some((yes, no)), now, c, out);
+        true
+    }
+
+    fn finalize_own(
+        &mut self,
+        id: &str,
+        passed: bool,
+        tally: Option<(usize, usize)>,
+        now: Now,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(t) = self.untrack(id) else { return };
+        self.pending.remove(id);
+        self.mark_decided(id, passed, now);
+        let decided_at = WireTime::from_utc(now);
+        out.push(Effect::Publish(Outbound::Finalize(FinalizeMessage {
+            proposal: t.proposal.clone(),
+            sender_node_id: self.me.clone(),
+            passed,
+            decided_at,
+        })));
+        let applied = passed && self.apply_official(&t.proposal, Some(t.received_at), now, c, out);
+        c.decisions_by_self += 1;
+        if passed {
+            c.decisions_passed += 1;
+        } else {
+            c.decisions_failed += 1;
+        }
+        out.push(Effect::Decided(Decision {
+            finalizer: self.me.clone(),
+            passed,
+            decided_at,
+            by_self: true,
+            applied,
+            latency: Some(elapsed(t.received_at, now)),
+            tally,
+            votes: Some(t.votes),
+            proposal: t.proposal,
+        }));
+    }
+
+    /// Makes a passed proposal the official result, unless a newer decision already is.
+    fn apply_official(
+        &mut self,
+        p: &Proposal,
+        seen_at: Option<Now>,
+        now: Now,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let key = CheckKey::of(p);
+        if key.typed().is_none() {
+            return false;
+        }
+        let previous = self.official.get(&key);
+        if let Some(cur) = previous {
+            if cur.proposal.id == p.id {
+                return false;
+            }
+            let stale = match (seen_at, cur.seen_at) {
+                (Some(new), Some(old)) => new < old,
+                _ => p.timestamp.instant() < cur.proposal.timestamp.instant(),
+            };
+            if stale {
+                c.stale_decisions += 1;
+                return false;
+            }
+        }
+        let flipped = previous.is_none_or(|o| o.status != p.proposed_status);
+        self.official.insert(
+            key.clone(),
+            Official {
+                status: p.proposed_status,
+                proposal: p.clone(),
+                seen_at,
+                applied_at: now,
+            },
+        );
+        out.push(Effect::ApplyOfficial(OfficialChange {
+            key,
+            status: p.proposed_status,
+            flipped,
+            proposal: p.clone(),
+        }));
+        true
+    }
+
+    /// Restores an official result persisted before a restart (no effects).
+    pub fn restore_official(&mut self, proposal: Proposal, applied_at: Now) {
+        let key = CheckKey::of(&proposal);
+        self.official.insert(
+            key,
+            Official {
+                status: proposal.proposed_status,
+                proposal,
+                seen_at: None,
+                applied_at,
+            },
+        );
+    }
+
+    // ----- time -----------------------------------------------------------------------
+
+    /// Handles due timeouts and garbage collection.
+    pub fn tick(&mut self, now: Now, m: &Membership, c: &mut Counters, out: &mut Vec<Effect>) {
+        while let Some((at, id)) = self.timeouts.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.timeouts.remove(&(at, id.clone()));
+            self.on_timeout(&id, now, m, c, out);
+        }
+        match self.next_gc {
+            Some(at) if at > now => {}
+            _ => {
+                self.next_gc = Some(after(now, self.cfg.gc_interval));
+                self.gc(now, c);
+            }
+        }
+    }
+
+    fn on_timeout(
+        &mut self,
+        id: &str,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(t) = self.tracked.get_mut(id) else {
+            return;
+        };
+        t.timeouts += 1;
+        let timeouts = t.timeouts;
+        if self.decide(id, now, m, c, out) {
+            return;
+        }
+        if m.role() != Role::Monitor {
+            return;
+        }
+        if m.count_active(Role::Monitor, now) == 0 || timeouts >= self.cfg.max_timeouts {
+            self.finalize_own(id, false, None, now, c, out);
+            return;
+        }
+        let next = after(now, self.cfg.proposal_timeout);
+        if let Some(t) = self.tracked.get_mut(id) {
+            t.next_timeout = next;
+            self.timeouts.insert((next, id.to_string()));
+        }
+    }
+
+    fn gc(&mut self, now: Now, c: &mut Counters) {
+        let ttl = self.cfg.proposal_ttl;
+        let expired: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| elapsed(t.received_at, now) >= ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.untrack(&id);
+            c.expired_proposals += 1;
+        }
+        let vttl = self.cfg.buffered_vote_ttl;
+        self.pending.retain(|_, b| {
+            let before = b.votes.len();
+            b.votes.retain(|_, (_, at)| elapsed(*at, now) < vttl);
+            c.expired_votes += (before - b.votes.len()) as u64;
+            !b.votes.is_empty()
+        });
+        let dttl = self.cfg.decided_ttl;
+        while let Some((at, _)) = self.decided_order.front() {
+            if elapsed(*at, now) < dttl {
+                break;
+            }
+            if let Some((_, id)) = self.decided_order.pop_front() {
+                self.decided.remove(&id);
+            }
+        }
+    }
+
+    /// Forgets removed nodes' votes on tracked proposals and their buffered votes.
+    pub fn forget_nodes(&mut self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        for t in self.tracked.values_mut() {
+            for id in ids {
+                t.votes.remove(id);
+            }
+        }
+        self.pending.retain(|_, b| {
+            for id in ids {
+                b.votes.remove(id);
+            }
+            !b.votes.is_empty()
+        });
+    }
+
+    /// Re-evaluates every tracked proposal (after the number of active monitors dropped).
+    pub fn reevaluate(
+        &mut self,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        let ids: Vec<String> = self.tracked.keys().cloned().collect();
+        for id in ids {
+            self.decide(&id, now, m, c, out);
+        }
+    }
+
+    /// When [`Consensus::tick`] is next needed.
+    pub fn next_deadline(&self) -> Option<Now> {
+        let timeout = self.timeouts.first().map(|(at, _)| *at);
+        [timeout, self.next_gc].into_iter().flatten().min()
+    }
+
+    // ----- views ----------------------------------------------------------------------
+
+    /// Tracked proposals, by ID.
+    pub fn tracked(&self) -> &BTreeMap<String, Tracked> {
+        &self.tracked
+    }
+
+    /// Number of buffered-vote buckets.
+    pub fn pending_buckets(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Number of remembered decided IDs.
+    pub fn decided_len(&self) -> usize {
+        self.decided.len()
+    }
+
+    /// Official results.
+    pub fn official(&self) -> &BTreeMap<CheckKey, Official> {
+        &self.official
+    }
+
+    /// Local observations.
+    pub fn local(&self) -> &BTreeMap<CheckKey, Local> {
+        &self.local
+    }
+
+    /// The configured proposal timeout.
+    pub fn proposal_timeout(&self) -> Duration {
+        self.cfg.proposal_timeout
+    }
+}

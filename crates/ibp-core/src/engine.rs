@@ -1,0 +1,293 @@
+//! One node's core: membership plus, by role, consensus (monitor) or the vote cache
+//! (collator). The shell feeds it messages and the time; it returns effects.
+
+use ibp_wire::{ClusterMessage, Data, FinalizeMessage, Proposal, Role, Vote};
+
+use crate::collator::VoteCache;
+use crate::consensus::{Consensus, IdSource, ObserveOutcome, ProposeOutcome};
+use crate::membership::{Membership, SelfInfo};
+use crate::time::Now;
+use crate::{CheckKey, CoreConfig, Counters, Effect};
+
+/// A decoded message from the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// `consensus.cluster`.
+    Cluster(ClusterMessage),
+    /// The leave extension subject.
+    Leave(ClusterMessage),
+    /// `consensus.propose`.
+    Proposal(Proposal),
+    /// `consensus.vote`.
+    Vote(Vote),
+    /// `consensus.finalize`.
+    Finalize(FinalizeMessage),
+    /// Any other message naming its sender (usage or downtime data): the sender is alive.
+    Heard(String),
+}
+
+/// Why the engine refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// [`Engine::enable`] was called twice.
+    #[error("the {0} role is already enabled on this node")]
+    AlreadyEnabled(Role),
+    /// A monitor-only call on a node of another role.
+    #[error("this node runs the {0} role; only monitors propose and observe")]
+    NotAMonitor(Role),
+}
+
+/// The core of one node.
+pub struct Engine {
+    membership: Membership,
+    consensus: Option<Consensus>,
+    cache: Option<VoteCache>,
+    counters: Counters,
+    enabled: bool,
+    gc_interval: std::time::Duration,
+    next_gc: Option<Now>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("node", &self.membership.node_id())
+            .field("role", &self.membership.role())
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// A core for node `me` in `role`. `ids` supplies proposal IDs (monitors only).
+    pub fn new(me: SelfInfo, role: Role, cfg: CoreConfig, ids: Box<dyn IdSource>) -> Engine {
+        let consensus =
+            (role == Role::Monitor).then(|| Consensus::new(me.node_id.clone(), cfg.clone(), ids));
+        let cache = (role == Role::Collator).then(|| VoteCache::new(&cfg));
+        Engine {
+            gc_interval: cfg.gc_interval,
+            membership: Membership::new(me, role, cfg),
+            consensus,
+            cache,
+            counters: Counters::default(),
+            enabled: false,
+            next_gc: None,
+        }
+    }
+
+    /// Enables the role: the node starts announcing itself. Calling it twice is an error.
+    pub fn enable(&mut self, now: Now) -> Result<Vec<Effect>, EngineError> {
+        if self.enabled {
+            return Err(EngineError::AlreadyEnabled(self.membership.role()));
+        }
+        self.enabled = true;
+        self.membership.enable(now);
+        Ok(self.tick(now))
+    }
+
+    /// Whether [`Engine::enable`] was called.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Handles one message from the bus.
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let c = &mut self.counters;
+        match input {
+            Input::Cluster(msg) => self.membership.on_cluster(&msg, now, c, &mut out),
+            Input::Leave(msg) => {
+                if self.membership.on_leave(&msg, now, c, &mut out)
+                    && let Some(cons) = &mut self.consensus
+                {
+                    cons.reevaluate(now, &self.membership, c, &mut out);
+                }
+            }
+            Input::Heard(id) => {
+                self.membership.heard(&id, false, now, c, &mut out);
+            }
+            Input::Proposal(p) => {
+                self.membership
+                    .heard(&p.sender_node_id, true, now, c, &mut out);
+                if let Some(cons) = &mut self.consensus {
+                    cons.on_proposal(p, now, &self.membership, c, &mut out);
+                } else if let Some(cache) = &mut self.cache {
+                    cache.on_proposal(p, now, c);
+                }
+            }
+            Input::Vote(mut v) => {
+                // Go nodes always send SenderNodeID == NodeID; an empty sender is taken as the
+                // voter, a different one is a forged vote and is dropped.
+                if v.sender_node_id.is_empty() {
+                    v.sender_node_id = v.node_id.clone();
+                }
+                if v.sender_node_id != v.node_id {
+                    c.invalid_messages += 1;
+                    return out;
+                }
+                self.membership
+                    .heard(&v.sender_node_id, true, now, c, &mut out);
+                if let Some(cons) = &mut self.consensus {
+                    cons.on_vote(v, now, &self.membership, c, &mut out);
+                } else if let Some(cache) = &mut self.cache {
+                    cache.on_vote(v, now, c);
+                }
+            }
+            Input::Finalize(f) => {
+                let finalizer = f.finalizer().to_string();
+                self.membership.heard(&finalizer, true, now, c, &mut out);
+                if let Some(cons) = &mut self.consensus {
+                    cons.on_finalize(f, now, c, &mut out);
+                } else if let Some(cache) = &mut self.cache
+                    && let Some(d) = cache.on_finalize(f, now, c)
+                {
+                    out.push(Effect::Decided(d));
+                }
+            }
+        }
+        out
+    }
+
+    /// Handles everything due at `now`: joins, heartbeats, timeouts, garbage collection.
+    pub fn tick(&mut self, now: Now) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let c = &mut self.counters;
+        self.membership.tick(now, &mut out);
+        if self.next_gc.is_none_or(|at| at <= now) {
+            self.next_gc = Some(crate::time::after(now, self.gc_interval));
+            let removed = self.membership.remove_stale(now, &mut out);
+            if let Some(cons) = &mut self.consensus {
+                cons.forget_nodes(&removed);
+            }
+        }
+        if let Some(cons) = &mut self.consensus {
+            cons.tick(now, &self.membership, c, &mut out);
+        }
+        if let Some(cache) = &mut self.cache {
+            cache.tick(now, c);
+        }
+        out
+    }
+
+    /// When [`Engine::tick`] is next needed.
+    pub fn next_deadline(&self) -> Option<Now> {
+        let mut at = self.membership.next_deadline();
+        for d in [
+            self.next_gc,
+            self.consensus.as_ref().and_then(Consensus::next_deadline),
+            self.cache.as_ref().and_then(VoteCache::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            at = Some(at.map_or(d, |a| a.min(d)));
+        }
+        at
+    }
+
+    /// Announces again (after a reconnect) and republishes what may have been lost.
+    pub fn reannounce(&mut self, now: Now) -> Vec<Effect> {
+        self.membership.reannounce(now);
+        self.tick(now)
+    }
+
+    /// The clean-shutdown notice. After it the node sends no more joins.
+    pub fn leave(&mut self, now: Now) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.membership.leave(now, &mut out);
+        out
+    }
+
+    /// Records a local observation; proposes when it differs from the official result.
+    pub fn observe(
+        &mut self,
+        key: CheckKey,
+        status: bool,
+        error_text: String,
+        data: Data,
+        now: Now,
+    ) -> Result<(ObserveOutcome, Vec<Effect>), EngineError> {
+        let mut out = Vec::new();
+        let (cons, m, c) = self.parts()?;
+        let r = cons.observe(key, status, error_text, data, now, m, c, &mut out);
+        Ok((r, out))
+    }
+
+    /// Records a local observation without proposing.
+    pub fn set_local(
+        &mut self,
+        key: CheckKey,
+        status: bool,
+        error_text: String,
+        data: Data,
+        now: Now,
+    ) -> Result<Vec<Effect>, EngineError> {
+        let mut out = Vec::new();
+        let (cons, m, c) = self.parts()?;
+        cons.set_local(key, status, error_text, data, now, m, c, &mut out);
+        Ok(out)
+    }
+
+    /// Proposes a status (the reference `ProposeCheckStatus`).
+    pub fn propose(
+        &mut self,
+        key: CheckKey,
+        status: bool,
+        error_text: String,
+        data: Data,
+        now: Now,
+    ) -> Result<(ProposeOutcome, Vec<Effect>), EngineError> {
+        let mut out = Vec::new();
+        let (cons, m, c) = self.parts()?;
+        let r = cons.propose(key, status, error_text, data, now, m, c, &mut out);
+        Ok((r, out))
+    }
+
+    /// Proposes every local observation that differs from the official result.
+    pub fn reconcile(&mut self, now: Now) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if let Ok((cons, m, c)) = self.parts() {
+            cons.reconcile(now, m, c, &mut out);
+        }
+        out
+    }
+
+    fn parts(&mut self) -> Result<(&mut Consensus, &Membership, &mut Counters), EngineError> {
+        let role = self.membership.role();
+        let cons = self
+            .consensus
+            .as_mut()
+            .ok_or(EngineError::NotAMonitor(role))?;
+        Ok((cons, &self.membership, &mut self.counters))
+    }
+
+    /// The membership view.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The consensus state (monitors only).
+    pub fn consensus(&self) -> Option<&Consensus> {
+        self.consensus.as_ref()
+    }
+
+    /// Mutable consensus state, to restore persisted official results at start-up.
+    pub fn consensus_mut(&mut self) -> Option<&mut Consensus> {
+        self.consensus.as_mut()
+    }
+
+    /// The collator's vote cache (collators only).
+    pub fn vote_cache(&self) -> Option<&VoteCache> {
+        self.cache.as_ref()
+    }
+
+    /// What the core refused, dropped or ignored so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Active nodes of `role`, this node included.
+    pub fn count_active(&self, role: Role, now: Now) -> usize {
+        self.membership.count_active(role, now)
+    }
+}

@@ -1,0 +1,339 @@
+//! Where this implementation is better than the reference, with the wire unchanged.
+
+mod common;
+
+use common::*;
+use ibp_core::{CoreConfig, Effect, Input};
+use ibp_wire::{ClusterMessage, NodeInfo, Role};
+
+fn leave(id: &str) -> Input {
+    Input::Leave(ClusterMessage {
+        kind: ibp_wire::ext::LEAVE_TYPE.into(),
+        sender: NodeInfo {
+            node_id: id.into(),
+            ..NodeInfo::default()
+        },
+        members: None,
+    })
+}
+
+#[test]
+fn a_late_duplicate_finalize_of_an_older_decision_never_overwrites_a_newer_result() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3"], t0());
+    let old = proposal("OLD", "m2", "alpha", false, t0());
+    let new = proposal("NEW", "m3", "alpha", true, secs(60));
+    e.handle(Input::Proposal(old.clone()), at(1));
+    e.handle(finalize(&old, "m2", true), at(2));
+    assert_eq!(official(&e, "alpha"), Some(false));
+    e.handle(Input::Proposal(new.clone()), secs(60));
+    let fx = e.handle(finalize(&new, "m3", true), secs(61));
+    assert_eq!(applied(&fx).len(), 1);
+    assert_eq!(official(&e, "alpha"), Some(true));
+    // m3's finalize of the old decision arrives late: Go would flip back to offline.
+    let fx = e.handle(finalize(&old, "m3", true), secs(62));
+    assert!(applied(&fx).is_empty());
+    assert_eq!(official(&e, "alpha"), Some(true));
+    assert_eq!(e.counters().duplicate_finalizes, 1);
+}
+
+#[test]
+fn a_decision_seen_for_the_first_time_but_older_than_the_official_one_is_not_applied() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3"], t0());
+    let new = proposal("NEW", "m3", "alpha", true, secs(60));
+    e.handle(Input::Proposal(new.clone()), secs(60));
+    e.handle(finalize(&new, "m3", true), secs(61));
+    // This node never saw OLD (lost proposal and finalizes); only its proposer clock orders it.
+    let old = proposal("OLD", "m2", "alpha", false, t0());
+    let fx = e.handle(finalize(&old, "m2", true), secs(62));
+    assert!(applied(&fx).is_empty());
+    assert_eq!(e.counters().stale_decisions, 1);
+    assert_eq!(official(&e, "alpha"), Some(true));
+    // A fresh decision still applies.
+    let newer = proposal("NEWER", "m2", "alpha", false, secs(120));
+    e.handle(Input::Proposal(newer.clone()), secs(120));
+    e.handle(finalize(&newer, "m2", true), secs(121));
+    assert_eq!(official(&e, "alpha"), Some(false));
+}
+
+#[test]
+fn a_pass_after_a_fail_of_the_same_proposal_still_applies() {
+    let mut e = monitor("m1");
+    let p = proposal("A", "m2", "alpha", false, t0());
+    e.handle(finalize(&p, "m2", false), at(1));
+    assert_eq!(official(&e, "alpha"), None);
+    e.handle(finalize(&p, "m3", true), at(2));
+    assert_eq!(official(&e, "alpha"), Some(false));
+    let fx = e.handle(finalize(&p, "m4", false), at(3));
+    assert!(applied(&fx).is_empty());
+    assert_eq!(official(&e, "alpha"), Some(false));
+}
+
+#[test]
+fn with_a_quorum_floor_a_minority_never_decides_even_after_it_stops_hearing_the_majority() {
+    for floor in [None, Some(3)] {
+        let cfg = CoreConfig {
+            min_quorum: floor,
+            ..CoreConfig::default()
+        };
+        let mut e = engine("m1", Role::Monitor, cfg);
+        with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
+        // Partition: only m2 is heard from now on; m3..m5 go inactive after 10 minutes.
+        for s in (60..=660).step_by(60) {
+            advance(&mut e, secs(s));
+            with_monitors(&mut e, &["m2"], secs(s));
+        }
+        assert_eq!(e.count_active(Role::Monitor, secs(660)), 2);
+        set_local(&mut e, "alpha", false, secs(660));
+        e.handle(
+            Input::Proposal(proposal("A", "m2", "alpha", false, secs(660))),
+            secs(660),
+        );
+        let fx = e.handle(vote("A", "m2", true), secs(661));
+        match floor {
+            None => assert_eq!(
+                finalizes_out(&fx).len(),
+                1,
+                "reference behaviour: 2 of 2 decide (split brain)"
+            ),
+            Some(_) => assert!(finalizes_out(&fx).is_empty(), "2 votes < quorum floor 3"),
+        }
+    }
+}
+
+#[test]
+fn a_clean_leave_stops_the_node_counting_at_once_and_a_later_join_brings_it_back() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3"], t0());
+    assert_eq!(e.count_active(Role::Monitor, at(1)), 3);
+    let fx = e.handle(leave("m3"), at(2));
+    assert!(
+        fx.iter()
+            .any(|x| matches!(x, Effect::NodeLeft { node_id, announced: true } if node_id == "m3"))
+    );
+    assert_eq!(e.count_active(Role::Monitor, at(3)), 2);
+    let fx = e.handle(join("m3", "IBPMonitor"), at(4));
+    assert_eq!(
+        published(&fx).len(),
+        1,
+        "a returning node gets a forced join"
+    );
+    assert_eq!(e.count_active(Role::Monitor, at(4)), 3);
+}
+
+#[test]
+fn a_leave_lets_a_waiting_proposal_decide_without_waiting_for_a_timeout() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3", "m4"], t0());
+    set_local(&mut e, "alpha", false, t0());
+    e.handle(
+        Input::Proposal(proposal("A", "m2", "alpha", false, t0())),
+        at(1),
+    );
+    assert!(
+        finalizes_out(&e.handle(vote("A", "m2", true), at(2))).is_empty(),
+        "2 of 4 < 3"
+    );
+    let fx = e.handle(leave("m4"), at(3));
+    assert_eq!(finalizes_out(&fx).len(), 1, "2 of 3 = majority");
+}
+
+#[test]
+fn the_leave_message_goes_on_its_own_subject_so_go_nodes_never_see_it() {
+    let mut e = monitor("m1");
+    let fx = e.leave(at(1));
+    let out = published(&fx);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].subject(), ibp_wire::ext::LEAVE_SUBJECT);
+    assert_ne!(out[0].subject(), ibp_wire::subjects::CLUSTER);
+    assert!(e.leave(at(2)).is_empty(), "only once");
+    // After leaving, no more heartbeats.
+    assert!(published(&advance(&mut e, secs(400))).is_empty());
+}
+
+#[test]
+fn caps_refuse_and_count_instead_of_growing() {
+    let cfg = CoreConfig {
+        max_proposals: 2,
+        max_pending_buckets: 1,
+        max_nodes: 3,
+        ..CoreConfig::default()
+    };
+    let mut e = engine("m1", Role::Monitor, cfg);
+    for (i, m) in ["a", "b", "c"].iter().enumerate() {
+        e.handle(
+            Input::Proposal(proposal(&format!("P{i}"), "m2", m, false, t0())),
+            at(i as u64),
+        );
+    }
+    assert_eq!(e.consensus().expect("monitor").tracked().len(), 2);
+    assert_eq!(e.counters().refused_proposals, 1);
+    e.handle(vote("X", "m2", true), at(10));
+    e.handle(vote("Y", "m2", true), at(11));
+    assert_eq!(e.consensus().expect("monitor").pending_buckets(), 1);
+    assert_eq!(e.counters().refused_pending_votes, 1);
+    for id in ["n1", "n2", "n3", "n4"] {
+        e.handle(join(id, "IBPDns"), at(20));
+    }
+    assert_eq!(e.membership().len(), 3);
+    assert!(e.counters().refused_nodes >= 1);
+}
+
+#[test]
+fn a_changed_observation_revotes_on_tracked_proposals() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
+    set_local(&mut e, "alpha", true, t0());
+    e.handle(
+        Input::Proposal(proposal("A", "m2", "alpha", false, t0())),
+        at(1),
+    );
+    assert_eq!(
+        e.consensus().expect("monitor").tracked()["A"].votes["m1"],
+        false
+    );
+    let fx = set_local(&mut e, "alpha", false, at(2));
+    let v = votes_out(&fx);
+    assert_eq!(v.len(), 1);
+    assert!(v[0].agree);
+    assert_eq!(
+        e.consensus().expect("monitor").tracked()["A"].votes["m1"],
+        true
+    );
+    assert!(
+        votes_out(&set_local(&mut e, "alpha", false, at(3))).is_empty(),
+        "same status: no new vote"
+    );
+}
+
+#[test]
+fn forged_votes_and_joins_with_our_id_are_counted_and_dropped() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3"], t0());
+    e.handle(
+        Input::Proposal(proposal("A", "m2", "alpha", false, t0())),
+        at(1),
+    );
+    let forged = Input::Vote(ibp_wire::Vote {
+        proposal_id: "A".into(),
+        sender_node_id: "m2".into(),
+        node_id: "m3".into(),
+        agree: true,
+        ..Default::default()
+    });
+    e.handle(forged, at(2));
+    assert!(
+        !e.consensus().expect("monitor").tracked()["A"]
+            .votes
+            .contains_key("m3")
+    );
+    e.handle(join("m1", "IBPMonitor"), at(3));
+    assert_eq!(e.counters().node_id_conflicts, 1);
+    assert_eq!(e.counters().invalid_messages, 1);
+}
+
+mod collator {
+    use super::*;
+
+    fn collator() -> ibp_core::Engine {
+        engine("c1", Role::Collator, CoreConfig::default())
+    }
+
+    fn decided(fx: &[Effect]) -> Vec<&ibp_core::Decision> {
+        fx.iter()
+            .filter_map(|x| {
+                if let Effect::Decided(d) = x {
+                    Some(d)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_vote_before_its_proposal_creates_a_stub_that_the_proposal_fills() {
+        let mut e = collator();
+        e.handle(vote("A", "m2", false), t0());
+        e.handle(
+            Input::Proposal(proposal("A", "m1", "alpha", false, t0())),
+            at(1),
+        );
+        e.handle(vote("A", "m1", true), at(2));
+        let fx = e.handle(
+            finalize(&proposal("A", "m1", "alpha", false, t0()), "m1", true),
+            at(3),
+        );
+        let d = decided(&fx);
+        assert_eq!(d.len(), 1);
+        let votes = d[0].votes.clone().expect("cached");
+        assert_eq!(votes.get("m1"), Some(&true));
+        assert_eq!(votes.get("m2"), Some(&false));
+    }
+
+    #[test]
+    fn duplicate_finalizes_report_the_decision_once_and_keep_its_votes() {
+        let mut e = collator();
+        let p = proposal("A", "m1", "alpha", false, t0());
+        e.handle(Input::Proposal(p.clone()), t0());
+        e.handle(vote("A", "m1", true), at(1));
+        e.handle(vote("A", "m2", true), at(2));
+        let first = e.handle(finalize(&p, "m1", true), at(3));
+        assert_eq!(decided(&first)[0].votes.as_ref().map(|v| v.len()), Some(2));
+        for f in ["m2", "m3"] {
+            assert!(decided(&e.handle(finalize(&p, f, true), at(4))).is_empty());
+        }
+        assert_eq!(e.counters().duplicate_finalizes, 2);
+        assert!(e.handle(vote("A", "m3", true), at(5)).is_empty());
+        assert_eq!(
+            e.vote_cache().expect("collator").len(),
+            0,
+            "a late vote creates no stub"
+        );
+    }
+
+    #[test]
+    fn a_finalize_for_an_uncached_proposal_has_no_votes() {
+        let mut e = collator();
+        let fx = e.handle(
+            finalize(&proposal("Z", "m1", "alpha", false, t0()), "m1", true),
+            t0(),
+        );
+        assert_eq!(decided(&fx)[0].votes, None);
+    }
+
+    #[test]
+    fn entries_expire_ten_minutes_after_local_receipt_whatever_the_proposer_clock() {
+        let mut e = collator();
+        let skewed = t0() - chrono::TimeDelta::hours(2);
+        e.handle(
+            Input::Proposal(proposal("A", "m1", "alpha", false, skewed)),
+            t0(),
+        );
+        advance(&mut e, secs(590));
+        assert_eq!(e.vote_cache().expect("collator").len(), 1);
+        advance(&mut e, secs(630));
+        assert_eq!(e.vote_cache().expect("collator").len(), 0);
+    }
+
+    #[test]
+    fn the_collator_never_votes_or_proposes() {
+        let mut e = collator();
+        let fx = e.handle(
+            Input::Proposal(proposal("A", "m1", "alpha", false, t0())),
+            t0(),
+        );
+        assert!(published(&fx).is_empty());
+        assert!(
+            e.observe(
+                key("alpha"),
+                true,
+                String::new(),
+                ibp_wire::Data::none(),
+                t0()
+            )
+            .is_err()
+        );
+    }
+}
