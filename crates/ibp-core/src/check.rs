@@ -1,6 +1,6 @@
 //! Identity of a check result: what a proposal is about.
 
-use ibp_wire::{CheckType, Proposal};
+use ibp_wire::{CheckType, Data, Proposal};
 use serde::{Deserialize, Serialize};
 
 /// Identifies one check result: (check type, check name, member, domain, endpoint, IP family).
@@ -85,3 +85,29 @@ impl std::fmt::Display for CheckKey {
 
 /// The key under which concurrent proposals are merged: the check plus the proposed status.
 pub(crate) type ProposalKey = (CheckKey, bool);
+
+/// One result of a check as a monitor saw it: what to record locally and, if it differs
+/// from the official result, what to propose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The check.
+    pub key: CheckKey,
+    /// The observed status (true = online).
+    pub status: bool,
+    /// The check's error text (empty when fine).
+    pub error_text: String,
+    /// Free-form details of the check.
+    pub data: Data,
+}
+
+impl Observation {
+    /// An observation without error text or details.
+    pub fn new(key: CheckKey, status: bool) -> Observation {
+        Observation {
+            key,
+            status,
+            error_text: String::new(),
+            data: Data::none(),
+        }
+    }
+}

@@ -19,6 +19,34 @@ struct Entry {
     created_at: Now,
 }
 
+/// One cache entry as shown to operators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedProposal {
+    /// The proposal ID.
+    pub id: String,
+    /// The proposal, unless only votes arrived so far (a stub).
+    pub proposal: Option<Proposal>,
+    /// Votes by voter.
+    pub votes: BTreeMap<String, bool>,
+    /// Local time the entry was created.
+    pub cached_at: Now,
+}
+
+/// One cache entry as shown to operators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedProposal {
+    /// The proposal ID.
+    pub id: String,
+    /// The proposal, unless only votes arrived so far (a stub).
+    pub proposal: Option<Proposal>,
+    /// Votes by voter.
+    pub votes: BTreeMap<String, bool>,
+    /// Local time the entry was created.
+    pub cached_at: Now,
+}
+
 /// The collator cache.
 #[derive(Debug)]
 pub struct VoteCache {
@@ -184,16 +212,14 @@ impl VoteCache {
     }
 
     /// Cached proposals with their votes, for the proposals view.
-    pub fn snapshot(&self) -> Vec<(String, Option<Proposal>, BTreeMap<String, bool>, Now)> {
+    pub fn snapshot(&self) -> Vec<CachedProposal> {
         self.entries
             .iter()
-            .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.proposal.clone(),
-                    e.votes.clone(),
-                    e.created_at,
-                )
+            .map(|(id, e)| CachedProposal {
+                id: id.clone(),
+                proposal: e.proposal.clone(),
+                votes: e.votes.clone(),
+                cached_at: e.created_at,
             })
             .collect()
     }

@@ -21,7 +21,9 @@ use serde::Serialize;
 use crate::check::ProposalKey;
 use crate::membership::Membership;
 use crate::time::{Now, after, elapsed};
-use crate::{CheckKey, CoreConfig, Counters, Decision, Effect, OfficialChange, Outbound};
+use crate::{
+    CheckKey, CoreConfig, Counters, Decision, Effect, Observation, OfficialChange, Outbound,
+};
 
 /// Source of proposal IDs (UUID v4 in production, seeded in simulations).
 pub trait IdSource: Send {
@@ -176,15 +178,18 @@ impl Consensus {
     /// on the tracked proposals for that check so they reflect the latest observation.
     pub fn set_local(
         &mut self,
-        key: CheckKey,
-        status: bool,
-        error_text: String,
-        data: Data,
+        obs: Observation,
         now: Now,
         m: &Membership,
         c: &mut Counters,
         out: &mut Vec<Effect>,
     ) {
+        let Observation {
+            key,
+            status,
+            error_text,
+            data,
+        } = obs;
         let changed = self.local.get(&key).is_none_or(|l| l.status != status);
         self.local.insert(
             key.clone(),
@@ -212,29 +217,21 @@ impl Consensus {
     /// when it differs from the official result or there is none.
     pub fn observe(
         &mut self,
-        key: CheckKey,
-        status: bool,
-        error_text: String,
-        data: Data,
+        obs: Observation,
         now: Now,
         m: &Membership,
         c: &mut Counters,
         out: &mut Vec<Effect>,
     ) -> ObserveOutcome {
-        self.set_local(
-            key.clone(),
-            status,
-            error_text.clone(),
-            data.clone(),
-            now,
-            m,
-            c,
-            out,
-        );
-        if self.official.get(&key).is_some_and(|o| o.status == status) {
+        self.set_local(obs.clone(), now, m, c, out);
+        if self
+            .official
+            .get(&obs.key)
+            .is_some_and(|o| o.status == obs.status)
+        {
             return ObserveOutcome::Unchanged;
         }
-        ObserveOutcome::Proposed(self.propose(key, status, error_text, data, now, m, c, out))
+        ObserveOutcome::Proposed(self.propose(obs, now, m, c, out))
     }
 
     /// Proposes `status` for `key` (the reference `ProposeCheckStatus`). If an undecided
@@ -243,10 +240,7 @@ impl Consensus {
     /// `republish_after` ago.
     pub fn propose(
         &mut self,
-        key: CheckKey,
-        status: bool,
-        error_text: String,
-        data: Data,
+        obs: Observation,
         now: Now,
         m: &Membership,
         c: &mut Counters,
@@ -255,6 +249,12 @@ impl Consensus {
         if m.role() != Role::Monitor {
             return ProposeOutcome::Refused;
         }
+        let Observation {
+            key,
+            status,
+            error_text,
+            data,
+        } = obs;
         let pkey = (key.clone(), status);
         if let Some(ids) = self.by_key.get(&pkey) {
             // Prefer an own proposal, so it can be republished; else the oldest.
@@ -333,7 +333,13 @@ impl Consensus {
             .collect();
         let n = differing.len();
         for (key, l) in differing {
-            self.propose(key, l.status, l.error_text, l.data, now, m, c, out);
+            let obs = Observation {
+                key,
+                status: l.status,
+                error_text: l.error_text,
+                data: l.data,
+            };
+            self.propose(obs, now, m, c, out);
         }
         n
     }

@@ -1,13 +1,13 @@
 //! One node's core: membership plus, by role, consensus (monitor) or the vote cache
 //! (collator). The shell feeds it messages and the time; it returns effects.
 
-use ibp_wire::{ClusterMessage, Data, FinalizeMessage, Proposal, Role, Vote};
+use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote};
 
 use crate::collator::VoteCache;
 use crate::consensus::{Consensus, IdSource, ObserveOutcome, ProposeOutcome};
 use crate::membership::{Membership, SelfInfo};
 use crate::time::Now;
-use crate::{CheckKey, CoreConfig, Counters, Effect};
+use crate::{CoreConfig, Counters, Effect, Observation};
 
 /// A decoded message from the bus.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,45 +201,32 @@ impl Engine {
     /// Records a local observation; proposes when it differs from the official result.
     pub fn observe(
         &mut self,
-        key: CheckKey,
-        status: bool,
-        error_text: String,
-        data: Data,
+        obs: Observation,
         now: Now,
     ) -> Result<(ObserveOutcome, Vec<Effect>), EngineError> {
         let mut out = Vec::new();
         let (cons, m, c) = self.parts()?;
-        let r = cons.observe(key, status, error_text, data, now, m, c, &mut out);
+        let r = cons.observe(obs, now, m, c, &mut out);
         Ok((r, out))
     }
 
     /// Records a local observation without proposing.
-    pub fn set_local(
-        &mut self,
-        key: CheckKey,
-        status: bool,
-        error_text: String,
-        data: Data,
-        now: Now,
-    ) -> Result<Vec<Effect>, EngineError> {
+    pub fn set_local(&mut self, obs: Observation, now: Now) -> Result<Vec<Effect>, EngineError> {
         let mut out = Vec::new();
         let (cons, m, c) = self.parts()?;
-        cons.set_local(key, status, error_text, data, now, m, c, &mut out);
+        cons.set_local(obs, now, m, c, &mut out);
         Ok(out)
     }
 
     /// Proposes a status (the reference `ProposeCheckStatus`).
     pub fn propose(
         &mut self,
-        key: CheckKey,
-        status: bool,
-        error_text: String,
-        data: Data,
+        obs: Observation,
         now: Now,
     ) -> Result<(ProposeOutcome, Vec<Effect>), EngineError> {
         let mut out = Vec::new();
         let (cons, m, c) = self.parts()?;
-        let r = cons.propose(key, status, error_text, data, now, m, c, &mut out);
+        let r = cons.propose(obs, now, m, c, &mut out);
         Ok((r, out))
     }
 

@@ -18,7 +18,7 @@ pub mod membership;
 pub mod sim;
 pub mod time;
 
-pub use check::CheckKey;
+pub use check::{CheckKey, Observation};
 pub use config::{ConfigError, CoreConfig, format_duration, parse_duration};
 pub use consensus::{IdSource, ObserveOutcome, ProposeOutcome};
 pub use counters::Counters;

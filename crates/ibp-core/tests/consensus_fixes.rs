@@ -326,14 +326,8 @@ mod collator {
         );
         assert!(published(&fx).is_empty());
         assert!(
-            e.observe(
-                key("alpha"),
-                true,
-                String::new(),
-                ibp_wire::Data::none(),
-                t0()
-            )
-            .is_err()
+            e.observe(ibp_core::Observation::new(key("alpha"), true), t0())
+                .is_err()
         );
     }
 }

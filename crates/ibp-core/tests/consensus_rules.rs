@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use ibp_core::{CoreConfig, Effect, Input, Outbound, ProposeOutcome};
-use ibp_wire::{Data, Role};
+use ibp_wire::Role;
 
 #[test]
 fn eight_concurrent_proposals_with_one_key_track_one_proposal_and_vote_eight_times() {
@@ -17,7 +17,7 @@ fn eight_concurrent_proposals_with_one_key_track_one_proposal_and_vote_eight_tim
     let mut vote_ids = Vec::new();
     for _ in 0..8 {
         let (r, fx) = e
-            .propose(key("alpha"), false, "down".into(), Data::none(), at(1))
+            .propose(ibp_core::Observation::new(key("alpha"), false), at(1))
             .expect("monitor");
         if matches!(r, ProposeOutcome::Created(_)) {
             created += 1;
@@ -69,19 +69,19 @@ fn an_own_unresolved_proposal_is_republished_with_its_id_after_10s_not_before() 
     with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
     set_local(&mut e, "alpha", false, t0());
     let (r, fx) = e
-        .propose(key("alpha"), false, String::new(), Data::none(), t0())
+        .propose(ibp_core::Observation::new(key("alpha"), false), t0())
         .expect("monitor");
     let ProposeOutcome::Created(id) = r else {
         panic!("created: {r:?}")
     };
     assert_eq!(proposals_out(&fx).len(), 1);
     let (r, fx) = e
-        .propose(key("alpha"), false, String::new(), Data::none(), at(9_999))
+        .propose(ibp_core::Observation::new(key("alpha"), false), at(9_999))
         .expect("monitor");
     assert_eq!(r, ProposeOutcome::Revoted(id.clone()));
     assert!(proposals_out(&fx).is_empty());
     let (r, fx) = e
-        .propose(key("alpha"), false, String::new(), Data::none(), at(10_000))
+        .propose(ibp_core::Observation::new(key("alpha"), false), at(10_000))
         .expect("monitor");
     assert_eq!(r, ProposeOutcome::Republished(id.clone()));
     assert_eq!(
@@ -93,7 +93,7 @@ fn an_own_unresolved_proposal_is_republished_with_its_id_after_10s_not_before() 
     );
     // The 10 s run from the last broadcast, not from creation.
     let (r, _) = e
-        .propose(key("alpha"), false, String::new(), Data::none(), at(19_999))
+        .propose(ibp_core::Observation::new(key("alpha"), false), at(19_999))
         .expect("monitor");
     assert_eq!(r, ProposeOutcome::Revoted(id));
 }
@@ -279,7 +279,7 @@ fn a_finalize_applies_locally_is_published_once_and_forgets_the_proposal() {
     with_monitors(&mut e, &["m2", "m3"], t0());
     set_local(&mut e, "alpha", false, t0());
     let (r, _) = e
-        .propose(key("alpha"), false, String::new(), Data::none(), t0())
+        .propose(ibp_core::Observation::new(key("alpha"), false), t0())
         .expect("monitor");
     let id = r.id().expect("id").to_string();
     e.handle(vote("X", "m3", true), at(1));
@@ -333,7 +333,7 @@ fn an_undecided_proposal_fails_after_the_third_timeout_not_before() {
     with_monitors(&mut e, &["m2", "m3"], t0());
     set_local(&mut e, "alpha", false, t0());
     let (r, _) = e
-        .propose(key("alpha"), false, String::new(), Data::none(), t0())
+        .propose(ibp_core::Observation::new(key("alpha"), false), t0())
         .expect("monitor");
     let id = r.id().expect("id").to_string();
     for s in [30, 60] {
@@ -358,7 +358,7 @@ fn an_undecided_proposal_fails_after_the_third_timeout_not_before() {
 fn with_zero_active_monitors_a_timed_out_proposal_fails_at_once() {
     let mut e = monitor("m1");
     set_local(&mut e, "alpha", false, t0());
-    e.propose(key("alpha"), false, String::new(), Data::none(), t0())
+    e.propose(ibp_core::Observation::new(key("alpha"), false), t0())
         .expect("monitor");
     // After a clean leave this node no longer counts itself: zero active monitors.
     e.leave(at(1));
@@ -444,7 +444,7 @@ fn observation_proposes_only_when_it_differs_from_the_official_result() {
     let mut e = monitor("m1");
     with_monitors(&mut e, &["m2", "m3"], t0());
     let (r, fx) = e
-        .observe(key("alpha"), true, String::new(), Data::none(), t0())
+        .observe(ibp_core::Observation::new(key("alpha"), true), t0())
         .expect("monitor");
     assert!(
         matches!(
@@ -457,7 +457,7 @@ fn observation_proposes_only_when_it_differs_from_the_official_result() {
     e.handle(vote(&p.id, "m2", true), at(1));
     assert_eq!(official(&e, "alpha"), Some(true));
     let (r, fx) = e
-        .observe(key("alpha"), true, String::new(), Data::none(), at(2))
+        .observe(ibp_core::Observation::new(key("alpha"), true), at(2))
         .expect("monitor");
     assert_eq!(r, ibp_core::ObserveOutcome::Unchanged);
     assert!(published(&fx).is_empty());

@@ -9,7 +9,7 @@ use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Offset, TimeZone, Timel
 /// The UTC offset of a decoded value is kept so that re-encoding gives the same string
 /// Go would; comparisons ([`Ord`], [`WireTime::instant`]) use the instant only.
 /// The default value is Go's zero time, `0001-01-01T00:00:00Z`.
-#[derive(Clone, Copy, Debug, Hash)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct WireTime {
     instant: DateTime<Utc>,
     offset_secs: i32,
@@ -178,14 +178,6 @@ impl Default for WireTime {
         WireTime::zero()
     }
 }
-
-impl PartialEq for WireTime {
-    fn eq(&self, other: &Self) -> bool {
-        self.instant == other.instant && self.offset_secs == other.offset_secs
-    }
-}
-
-impl Eq for WireTime {}
 
 impl PartialOrd for WireTime {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {

@@ -102,7 +102,7 @@ pub fn finalize(p: &Proposal, from: &str, passed: bool) -> Input {
 }
 
 pub fn set_local(e: &mut Engine, member: &str, status: bool, now: Now) -> Vec<Effect> {
-    e.set_local(key(member), status, String::new(), Data::none(), now)
+    e.set_local(ibp_core::Observation::new(key(member), status), now)
         .expect("monitor")
 }
 
