@@ -33,20 +33,6 @@ pub struct CachedProposal {
     pub cached_at: Now,
 }
 
-/// One cache entry as shown to operators.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CachedProposal {
-    /// The proposal ID.
-    pub id: String,
-    /// The proposal, unless only votes arrived so far (a stub).
-    pub proposal: Option<Proposal>,
-    /// Votes by voter.
-    pub votes: BTreeMap<String, bool>,
-    /// Local time the entry was created.
-    pub cached_at: Now,
-}
-
 /// The collator cache.
 #[derive(Debug)]
 pub struct VoteCache {
