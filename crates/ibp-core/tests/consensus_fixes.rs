@@ -189,18 +189,12 @@ fn a_changed_observation_revotes_on_tracked_proposals() {
         Input::Proposal(proposal("A", "m2", "alpha", false, t0())),
         at(1),
     );
-    assert_eq!(
-        e.consensus().expect("monitor").tracked()["A"].votes["m1"],
-        false
-    );
+    assert!(!e.consensus().expect("monitor").tracked()["A"].votes["m1"]);
     let fx = set_local(&mut e, "alpha", false, at(2));
     let v = votes_out(&fx);
     assert_eq!(v.len(), 1);
     assert!(v[0].agree);
-    assert_eq!(
-        e.consensus().expect("monitor").tracked()["A"].votes["m1"],
-        true
-    );
+    assert!(e.consensus().expect("monitor").tracked()["A"].votes["m1"]);
     assert!(
         votes_out(&set_local(&mut e, "alpha", false, at(3))).is_empty(),
         "same status: no new vote"

@@ -84,13 +84,8 @@ fn an_own_unresolved_proposal_is_republished_with_its_id_after_10s_not_before() 
         .propose(ibp_core::Observation::new(key("alpha"), false), at(10_000))
         .expect("monitor");
     assert_eq!(r, ProposeOutcome::Republished(id.clone()));
-    assert_eq!(
-        proposals_out(&fx)
-            .iter()
-            .map(|p| p.id.clone())
-            .collect::<Vec<_>>(),
-        [id.clone()]
-    );
+    let republished: Vec<&str> = proposals_out(&fx).iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(republished, [id.as_str()]);
     // The 10 s run from the last broadcast, not from creation.
     let (r, _) = e
         .propose(ibp_core::Observation::new(key("alpha"), false), at(19_999))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use ibp_core::{CheckKey, CoreConfig, Effect, Engine, Input, Now, Outbound, SelfInfo};
 use ibp_wire::{
-    CheckType, ClusterMessage, Data, FinalizeMessage, NodeInfo, Proposal, Role, Vote, WireTime,
+    CheckType, ClusterMessage, FinalizeMessage, NodeInfo, Proposal, Role, Vote, WireTime,
 };
 
 pub fn t0() -> Now {
