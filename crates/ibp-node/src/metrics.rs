@@ -1,0 +1,217 @@
+//! Prometheus metrics of one node. Each node owns its registry (no global state), so many
+//! nodes can run in one process and each exposes only its own numbers.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ibp_core::Counters;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn histogram_family() -> Family<Labels, Histogram> {
+    Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 22)))
+}
+
+/// The metrics of one node.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Messages received, by subject (reply inboxes are grouped as `_INBOX`).
+    pub messages_in: Family<Labels, Counter>,
+    /// Messages published, by subject.
+    pub messages_out: Family<Labels, Counter>,
+    /// Messages that failed to decode, by subject.
+    pub decode_failures: Family<Labels, Counter>,
+    /// Publishes that failed, by subject.
+    pub publish_failures: Family<Labels, Counter>,
+    /// Message handlers that panicked (the subscription goes on).
+    pub handler_panics: Counter,
+    /// Reconnections to NATS after a disconnect.
+    pub reconnects: Counter,
+    /// Disconnections from NATS.
+    pub disconnects: Counter,
+    /// Slow-consumer events reported by the client (messages dropped by the client).
+    pub slow_consumers: Counter,
+    /// Proposals currently tracked.
+    pub proposals_tracked: Gauge,
+    /// Decisions learned, by `outcome` (passed/failed) and `by` (self/peer).
+    pub decisions: Family<Labels, Counter>,
+    /// Time from first seeing a proposal to its decision, seconds.
+    pub decision_latency: Histogram,
+    /// Active nodes, by role.
+    pub active_nodes: Family<Labels, Gauge>,
+    /// Duration of fan-out requests, by kind (usage/downtime), seconds.
+    pub fanout_duration: Family<Labels, Histogram>,
+    /// Things the core refused, dropped or ignored, by kind (caps, duplicates, expiries).
+    pub core_events: Family<Labels, Counter>,
+    last_core: Mutex<Counters>,
+    /// Fan-out replies split into parts (sent).
+    pub reply_parts_sent: Counter,
+    /// Replies too large for a Go requester, answered with an error instead.
+    pub replies_too_large: Counter,
+    decided_count: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Groups reply inboxes under one label so the label set stays bounded.
+pub fn subject_label(subject: &str) -> String {
+    if subject.starts_with("_INBOX.") {
+        "_INBOX".to_string()
+    } else {
+        subject.to_string()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered under the `ibp_` prefix.
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("ibp")),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            decode_failures: Family::default(),
+            publish_failures: Family::default(),
+            handler_panics: Counter::default(),
+            reconnects: Counter::default(),
+            disconnects: Counter::default(),
+            slow_consumers: Counter::default(),
+            proposals_tracked: Gauge::default(),
+            decisions: Family::default(),
+            decision_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 22)),
+            active_nodes: Family::default(),
+            fanout_duration: histogram_family(),
+            core_events: Family::default(),
+            last_core: Mutex::new(Counters::default()),
+            reply_parts_sent: Counter::default(),
+            replies_too_large: Counter::default(),
+            decided_count: AtomicU64::new(0),
+        };
+        if let Ok(mut r) = m.registry.lock() {
+            r.register("messages_in", "Messages received, by subject", m.messages_in.clone());
+            r.register("messages_out", "Messages published, by subject", m.messages_out.clone());
+            r.register("decode_failures", "Messages that failed to decode, by subject", m.decode_failures.clone());
+            r.register("publish_failures", "Publishes that failed, by subject", m.publish_failures.clone());
+            r.register("handler_panics", "Message handlers that panicked", m.handler_panics.clone());
+            r.register("nats_reconnects", "Reconnections to NATS", m.reconnects.clone());
+            r.register("nats_disconnects", "Disconnections from NATS", m.disconnects.clone());
+            r.register("nats_slow_consumers", "Slow-consumer events (client-side drops)", m.slow_consumers.clone());
+            r.register("proposals_tracked", "Proposals currently tracked", m.proposals_tracked.clone());
+            r.register("decisions", "Decisions learned, by outcome and by whom", m.decisions.clone());
+            r.register(
+                "decision_latency_seconds",
+                "Time from first seeing a proposal to its decision",
+                m.decision_latency.clone(),
+            );
+            r.register("active_nodes", "Active nodes by role", m.active_nodes.clone());
+            r.register("fanout_duration_seconds", "Duration of fan-out requests", m.fanout_duration.clone());
+            r.register(
+                "core_events",
+                "Messages the core refused (caps), ignored (duplicates, stale) or expired, by kind",
+                m.core_events.clone(),
+            );
+            r.register("reply_parts_sent", "Fan-out reply parts sent", m.reply_parts_sent.clone());
+            r.register(
+                "replies_too_large",
+                "Replies too large for a requester without parts support",
+                m.replies_too_large.clone(),
+            );
+        }
+        m
+    }
+
+    /// Counts a received message.
+    pub fn received(&self, subject: &str) {
+        self.messages_in.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+    }
+
+    /// Counts a published message.
+    pub fn sent(&self, subject: &str) {
+        self.messages_out.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+    }
+
+    /// Counts a decode failure.
+    pub fn decode_failed(&self, subject: &str) {
+        self.decode_failures.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+    }
+
+    /// Counts a failed publish.
+    pub fn publish_failed(&self, subject: &str) {
+        self.publish_failures.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+    }
+
+    /// Records a decision.
+    pub fn decided(&self, passed: bool, by_self: bool, latency: Option<std::time::Duration>) {
+        let outcome = if passed { "passed" } else { "failed" };
+        let by = if by_self { "self" } else { "peer" };
+        self.decisions
+            .get_or_create(&vec![("outcome", outcome.to_string()), ("by", by.to_string())])
+            .inc();
+        if let Some(l) = latency {
+            self.decision_latency.observe(l.as_secs_f64());
+        }
+        self.decided_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a fan-out duration.
+    pub fn fanout(&self, kind: &str, d: std::time::Duration) {
+        self.fanout_duration
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Brings the core counters into the registry (the core is pure and keeps its own).
+    pub fn sync_core(&self, now: Counters) {
+        let Ok(mut last) = self.last_core.lock() else { return };
+        let pairs = [
+            ("invalid_message", now.invalid_messages, last.invalid_messages),
+            ("node_id_conflict", now.node_id_conflicts, last.node_id_conflicts),
+            ("refused_proposal_cap", now.refused_proposals, last.refused_proposals),
+            ("refused_vote_bucket_cap", now.refused_pending_votes, last.refused_pending_votes),
+            ("refused_node_cap", now.refused_nodes, last.refused_nodes),
+            ("duplicate_proposal", now.duplicate_proposals, last.duplicate_proposals),
+            ("duplicate_finalize", now.duplicate_finalizes, last.duplicate_finalizes),
+            ("stale_decision", now.stale_decisions, last.stale_decisions),
+            ("late_vote", now.late_votes, last.late_votes),
+            ("expired_proposal", now.expired_proposals, last.expired_proposals),
+            ("expired_vote", now.expired_votes, last.expired_votes),
+            ("proposal_created", now.proposals_created, last.proposals_created),
+            ("proposal_republished", now.proposals_republished, last.proposals_republished),
+        ];
+        for (kind, n, l) in pairs {
+            if n > l {
+                self.core_events.get_or_create(&vec![("kind", kind.to_string())]).inc_by(n - l);
+            }
+        }
+        *last = now;
+    }
+
+    /// Sets the active-node gauges.
+    pub fn set_active(&self, role: &str, n: usize) {
+        self.active_nodes.get_or_create(&vec![("role", role.to_string())]).set(n as i64);
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = encode(&mut out, &r);
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
