@@ -467,6 +467,7 @@ impl Consensus {
             return;
         }
         bucket.votes.insert(v.node_id, (v.agree, now));
+        c.buffered_votes += 1;
     }
 
     /// Handles a received finalize: forget the proposal, apply it if it passed.

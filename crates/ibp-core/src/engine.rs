@@ -5,7 +5,7 @@ use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote};
 
 use crate::collator::VoteCache;
 use crate::consensus::{Consensus, IdSource, ObserveOutcome, ProposeOutcome};
-use crate::membership::{Membership, SelfInfo};
+use crate::membership::{Membership, SelfInfo, sent_at};
 use crate::time::Now;
 use crate::{CoreConfig, Counters, Effect, Observation};
 
@@ -104,11 +104,17 @@ impl Engine {
                 }
             }
             Input::Heard(id) => {
-                self.membership.heard(&id, false, now, c, &mut out);
+                self.membership.heard(&id, false, None, now, c, &mut out);
             }
             Input::Proposal(p) => {
-                self.membership
-                    .heard(&p.sender_node_id, true, now, c, &mut out);
+                self.membership.heard(
+                    &p.sender_node_id,
+                    true,
+                    sent_at(&p.timestamp),
+                    now,
+                    c,
+                    &mut out,
+                );
                 if let Some(cons) = &mut self.consensus {
                     cons.on_proposal(p, now, &self.membership, c, &mut out);
                 } else if let Some(cache) = &mut self.cache {
@@ -125,8 +131,14 @@ impl Engine {
                     c.invalid_messages += 1;
                     return out;
                 }
-                self.membership
-                    .heard(&v.sender_node_id, true, now, c, &mut out);
+                self.membership.heard(
+                    &v.sender_node_id,
+                    true,
+                    sent_at(&v.timestamp),
+                    now,
+                    c,
+                    &mut out,
+                );
                 if let Some(cons) = &mut self.consensus {
                     cons.on_vote(v, now, &self.membership, c, &mut out);
                 } else if let Some(cache) = &mut self.cache {
@@ -135,7 +147,8 @@ impl Engine {
             }
             Input::Finalize(f) => {
                 let finalizer = f.finalizer().to_string();
-                self.membership.heard(&finalizer, true, now, c, &mut out);
+                self.membership
+                    .heard(&finalizer, true, sent_at(&f.decided_at), now, c, &mut out);
                 if let Some(cons) = &mut self.consensus {
                     cons.on_finalize(f, now, c, &mut out);
                 } else if let Some(cache) = &mut self.cache

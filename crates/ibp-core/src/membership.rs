@@ -44,6 +44,10 @@ pub struct Member {
     pub first_seen: Now,
     /// True after it announced a clean shutdown (and was not heard from since).
     pub left: bool,
+    /// The node's own clock when it announced the leave. Messages it sent before that
+    /// (delivered late, on another subscription) must not bring it back.
+    #[serde(skip)]
+    pub left_at: Option<Now>,
 }
 
 /// The membership state machine.
@@ -162,6 +166,7 @@ impl Membership {
         &mut self,
         node_id: &str,
         consensus_sender: bool,
+        sent: Option<Now>,
         now: Now,
         counters: &mut Counters,
         out: &mut Vec<Effect>,
@@ -170,8 +175,12 @@ impl Membership {
             return Heard::Ignored;
         }
         if let Some(m) = self.nodes.get_mut(node_id) {
+            if m.left && matches!((sent, m.left_at), (Some(s), Some(l)) if s <= l) {
+                return Heard::Known;
+            }
             m.last_heard = now;
             m.left = false;
+            m.left_at = None;
             if m.role.is_empty() && consensus_sender {
                 m.role = Role::Monitor.as_wire().to_string();
             }
@@ -203,6 +212,7 @@ impl Membership {
                 last_heard: now,
                 first_seen: now,
                 left: false,
+                left_at: None,
             },
         );
         Heard::New
@@ -228,14 +238,32 @@ impl Membership {
         }
         if msg.kind != "join" {
             // Go nodes only send joins; any cluster message still proves the sender is alive.
-            self.heard(&s.node_id, false, now, counters, out);
+            self.heard(
+                &s.node_id,
+                false,
+                sent_at(&s.last_heard),
+                now,
+                counters,
+                out,
+            );
             return;
         }
         let was_left = self.nodes.get(&s.node_id).is_some_and(|m| m.left);
-        let status = self.heard(&s.node_id, false, now, counters, out);
+        let status = self.heard(
+            &s.node_id,
+            false,
+            sent_at(&s.last_heard),
+            now,
+            counters,
+            out,
+        );
         let Some(m) = self.nodes.get_mut(&s.node_id) else {
             return;
         };
+        if m.left {
+            // A join sent before the node's leave, delivered late: ignore it.
+            return;
+        }
         let mut filled = false;
         for (slot, incoming) in [
             (&mut m.role, &s.node_role),
@@ -270,6 +298,7 @@ impl Membership {
         match self.nodes.get_mut(id) {
             Some(m) if !m.left => {
                 m.left = true;
+                m.left_at = sent_at(&msg.sender.last_heard);
                 out.push(Effect::NodeLeft {
                     node_id: id.clone(),
                     announced: true,
@@ -396,4 +425,9 @@ impl Membership {
     pub fn me(&self) -> &SelfInfo {
         &self.me
     }
+}
+
+/// The sender's clock on a message, unless it is Go's zero time (unset).
+pub fn sent_at(t: &WireTime) -> Option<Now> {
+    (!t.is_zero()).then(|| t.instant())
 }

@@ -325,3 +325,34 @@ mod collator {
         );
     }
 }
+
+#[test]
+fn a_message_sent_before_a_leave_but_delivered_after_it_does_not_bring_the_node_back() {
+    let mut e = monitor("m1");
+    let join_at = |id: &str, sent: chrono::DateTime<chrono::Utc>| {
+        Input::Cluster(ClusterMessage {
+            kind: "join".into(),
+            sender: NodeInfo {
+                node_id: id.into(),
+                node_role: "IBPMonitor".into(),
+                last_heard: ibp_wire::WireTime::from_utc(sent),
+                ..NodeInfo::default()
+            },
+            members: None,
+        })
+    };
+    e.handle(join_at("m2", secs(1)), secs(1));
+    let mut l = leave("m2");
+    if let Input::Leave(m) = &mut l {
+        m.sender.last_heard = ibp_wire::WireTime::from_utc(secs(10));
+    }
+    e.handle(l, secs(10));
+    assert_eq!(e.count_active(Role::Monitor, secs(10)), 1);
+    // A heartbeat sent at 9 s (before the leave) arrives late, on another subscription.
+    let fx = e.handle(join_at("m2", secs(9)), secs(11));
+    assert!(published(&fx).is_empty());
+    assert_eq!(e.count_active(Role::Monitor, secs(11)), 1, "still gone");
+    // A join sent after the leave brings it back.
+    e.handle(join_at("m2", secs(20)), secs(20));
+    assert_eq!(e.count_active(Role::Monitor, secs(20)), 2);
+}

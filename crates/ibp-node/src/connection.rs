@@ -208,7 +208,7 @@ pub struct BusError {
 }
 
 impl BusError {
-    fn new(op: &'static str, subject: &str, e: impl std::fmt::Display) -> BusError {
+    pub(crate) fn new(op: &'static str, subject: &str, e: impl std::fmt::Display) -> BusError {
         BusError {
             op,
             subject: subject.to_string(),
@@ -235,7 +235,9 @@ type ClientCell = Arc<std::sync::Mutex<Option<async_nats::Client>>>;
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("state", &*self.state.borrow()).finish()
+        f.debug_struct("Connection")
+            .field("state", &*self.state.borrow())
+            .finish()
     }
 }
 
@@ -253,19 +255,31 @@ fn classify(e: &async_nats::ConnectError) -> ConnectErrorKind {
 impl Connection {
     /// Connects with `opts`. Without `retry_on_initial_connect`, fails after one round of
     /// attempts (each bounded by `connect_timeout`) with an error saying why.
-    pub async fn connect(opts: &ConnectOptions, metrics: Arc<Metrics>) -> Result<Connection, ConnectError> {
+    pub async fn connect(
+        opts: &ConnectOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Connection, ConnectError> {
         let servers: Vec<async_nats::ServerAddr> = opts
             .servers
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| ConnectError::new(ConnectErrorKind::InvalidOptions, &opts.servers, format!("bad server URL {s:?}: {e}")))
+                s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    ConnectError::new(
+                        ConnectErrorKind::InvalidOptions,
+                        &opts.servers,
+                        format!("bad server URL {s:?}: {e}"),
+                    )
+                })
             })
             .collect::<Result<_, _>>()?;
         if servers.is_empty() {
-            return Err(ConnectError::new(ConnectErrorKind::InvalidOptions, &opts.servers, "no server URL given"));
+            return Err(ConnectError::new(
+                ConnectErrorKind::InvalidOptions,
+                &opts.servers,
+                "no server URL given",
+            ));
         }
         let mut o = async_nats::ConnectOptions::new();
         if let Some(n) = &opts.name {
@@ -317,12 +331,16 @@ impl Connection {
         let delay = opts.reconnect_delay;
         // async-nats declares a connection stale after 2 unanswered pings; scale the period
         // so detection takes as long as the reference's `max_pings_outstanding`.
-        let ping = opts.ping_interval.mul_f64(f64::from(opts.max_pings_outstanding + 1) / 3.0);
+        let ping = opts
+            .ping_interval
+            .mul_f64(f64::from(opts.max_pings_outstanding + 1) / 3.0);
         o = o
             .connection_timeout(opts.connect_timeout)
             .ping_interval(ping.max(Duration::from_millis(100)))
             .max_reconnects(opts.max_reconnects)
-            .reconnect_delay_callback(move |attempts| if attempts <= 1 { Duration::ZERO } else { delay })
+            .reconnect_delay_callback(
+                move |attempts| if attempts <= 1 { Duration::ZERO } else { delay },
+            )
             .subscription_capacity(opts.subscription_capacity.max(1))
             .client_capacity(65_536);
         if opts.no_echo {
@@ -368,7 +386,11 @@ impl Connection {
                             tracing::info!(server = ?server, "nats connected");
                         }
                         tx.send_modify(|s| {
-                            s.state = if again { StateKind::Reconnected } else { StateKind::Connected };
+                            s.state = if again {
+                                StateKind::Reconnected
+                            } else {
+                                StateKind::Connected
+                            };
                             if again {
                                 s.reconnects += 1;
                             }
@@ -388,12 +410,21 @@ impl Connection {
                     }
                     async_nats::Event::SlowConsumer(sid) => {
                         m.slow_consumers.inc();
-                        tracing::error!(sid, "nats subscription is a slow consumer: the client dropped messages");
+                        tracing::error!(
+                            sid,
+                            "nats subscription is a slow consumer: the client dropped messages"
+                        );
                     }
-                    async_nats::Event::LameDuckMode => tracing::warn!(server = ?server, "nats server entered lame duck mode"),
+                    async_nats::Event::LameDuckMode => {
+                        tracing::warn!(server = ?server, "nats server entered lame duck mode")
+                    }
                     async_nats::Event::Draining => tracing::debug!("nats connection draining"),
-                    async_nats::Event::ServerError(e) => tracing::warn!(error = %e, "nats server error"),
-                    async_nats::Event::ClientError(e) => tracing::debug!(error = %e, "nats client error"),
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(error = %e, "nats server error")
+                    }
+                    async_nats::Event::ClientError(e) => {
+                        tracing::debug!(error = %e, "nats client error")
+                    }
                 }
             }
         });
@@ -453,7 +484,10 @@ impl Connection {
 
     /// Whether the client is connected right now.
     pub fn is_connected(&self) -> bool {
-        matches!(self.client.connection_state(), async_nats::connection::State::Connected)
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
     }
 
     /// The largest payload the server accepts (from its INFO).
@@ -468,21 +502,44 @@ impl Connection {
     }
 
     /// Publishes raw bytes with headers.
-    pub async fn publish_with_headers(&self, subject: &str, headers: HeaderMap, payload: Bytes) -> Result<(), BusError> {
-        let r = self.client.publish_with_headers(subject.to_string(), headers, payload).await;
-        self.count_publish(subject, r)
-    }
-
-    /// Publishes raw bytes with a reply subject and headers.
-    pub async fn publish_request(&self, subject: &str, reply: &str, headers: HeaderMap, payload: Bytes) -> Result<(), BusError> {
+    pub async fn publish_with_headers(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
         let r = self
             .client
-            .publish_with_reply_and_headers(subject.to_string(), reply.to_string(), headers, payload)
+            .publish_with_headers(subject.to_string(), headers, payload)
             .await;
         self.count_publish(subject, r)
     }
 
-    fn count_publish<E: std::fmt::Display>(&self, subject: &str, r: Result<(), E>) -> Result<(), BusError> {
+    /// Publishes raw bytes with a reply subject and headers.
+    pub async fn publish_request(
+        &self,
+        subject: &str,
+        reply: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let r = self
+            .client
+            .publish_with_reply_and_headers(
+                subject.to_string(),
+                reply.to_string(),
+                headers,
+                payload,
+            )
+            .await;
+        self.count_publish(subject, r)
+    }
+
+    fn count_publish<E: std::fmt::Display>(
+        &self,
+        subject: &str,
+        r: Result<(), E>,
+    ) -> Result<(), BusError> {
         match r {
             Ok(()) => {
                 self.metrics.sent(subject);
@@ -497,7 +554,11 @@ impl Connection {
     }
 
     /// Encodes `msg` as a Go node would and publishes it.
-    pub async fn publish<T: Serialize + ?Sized>(&self, subject: &str, msg: &T) -> Result<(), BusError> {
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        subject: &str,
+        msg: &T,
+    ) -> Result<(), BusError> {
         let bytes = ibp_wire::encode(msg).map_err(|e| BusError::new("encode", subject, e))?;
         self.publish_bytes(subject, bytes.into()).await
     }
@@ -505,7 +566,10 @@ impl Connection {
     /// Waits until everything published so far was written to the socket. This is not a
     /// server round trip; see [`Connection::barrier`].
     pub async fn flush(&self) -> Result<(), BusError> {
-        self.client.flush().await.map_err(|e| BusError::new("flush", "*", e))
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::new("flush", "*", e))
     }
 
     /// A server round trip: when it returns, the server has processed everything this
@@ -530,7 +594,12 @@ impl Connection {
     /// waits, and messages queue in the client's subscription buffer
     /// (`subscription_capacity`); only past that does the client drop them, and that is
     /// counted as a slow-consumer event.
-    pub async fn subscribe<F, Fut>(&self, subject: &str, concurrency: Concurrency, handler: F) -> Result<SubscriptionHandle, BusError>
+    pub async fn subscribe<F, Fut>(
+        &self,
+        subject: &str,
+        concurrency: Concurrency,
+        handler: F,
+    ) -> Result<SubscriptionHandle, BusError>
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -544,7 +613,13 @@ impl Connection {
     }
 
     /// Like [`Connection::subscribe`] in a queue group.
-    pub async fn queue_subscribe<F, Fut>(&self, subject: &str, group: &str, concurrency: Concurrency, handler: F) -> Result<SubscriptionHandle, BusError>
+    pub async fn queue_subscribe<F, Fut>(
+        &self,
+        subject: &str,
+        group: &str,
+        concurrency: Concurrency,
+        handler: F,
+    ) -> Result<SubscriptionHandle, BusError>
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -559,7 +634,12 @@ impl Connection {
 
     /// Subscribes and decodes every message as `T` with the Go-lenient decoder. A message
     /// that fails to decode is counted, logged with its subject and dropped.
-    pub async fn subscribe_decoded<T, F, Fut>(&self, subject: &str, concurrency: Concurrency, handler: F) -> Result<SubscriptionHandle, BusError>
+    pub async fn subscribe_decoded<T, F, Fut>(
+        &self,
+        subject: &str,
+        concurrency: Concurrency,
+        handler: F,
+    ) -> Result<SubscriptionHandle, BusError>
     where
         T: ibp_wire::WireDecode + Send + 'static,
         F: Fn(T, Message) -> Fut + Send + Sync + 'static,
@@ -584,7 +664,13 @@ impl Connection {
         .await
     }
 
-    fn drive<F, Fut>(&self, subject: &str, mut sub: async_nats::Subscriber, concurrency: Concurrency, handler: F) -> SubscriptionHandle
+    fn drive<F, Fut>(
+        &self,
+        subject: &str,
+        mut sub: async_nats::Subscriber,
+        concurrency: Concurrency,
+        handler: F,
+    ) -> SubscriptionHandle
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -604,12 +690,16 @@ impl Connection {
                 metrics.received(msg.subject.as_str());
                 // Acquiring before spawning keeps arrival order for Sequential (the
                 // semaphore is fair) and bounds the number of handlers in flight.
-                let Ok(permit) = task_slots.clone().acquire_owned().await else { break };
+                let Ok(permit) = task_slots.clone().acquire_owned().await else {
+                    break;
+                };
                 let handler = handler.clone();
                 let metrics = metrics.clone();
                 let subject = msg.subject.clone();
                 tokio::spawn(async move {
-                    let r = std::panic::AssertUnwindSafe(handler(msg)).catch_unwind().await;
+                    let r = std::panic::AssertUnwindSafe(handler(msg))
+                        .catch_unwind()
+                        .await;
                     drop(permit);
                     if r.is_err() {
                         metrics.handler_panics.inc();
@@ -619,11 +709,7 @@ impl Connection {
             }
             tracing::debug!(subject = %name, "subscription ended");
         });
-        SubscriptionHandle {
-            task,
-            slots,
-            limit,
-        }
+        SubscriptionHandle { task, slots, limit }
     }
 }
 

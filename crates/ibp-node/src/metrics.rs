@@ -2,7 +2,6 @@
 //! nodes can run in one process and each exposes only its own numbers.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ibp_core::Counters;
 use prometheus_client::encoding::text::encode;
@@ -54,7 +53,6 @@ pub struct Metrics {
     pub reply_parts_sent: Counter,
     /// Replies too large for a Go requester, answered with an error instead.
     pub replies_too_large: Counter,
-    decided_count: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -94,32 +92,83 @@ impl Metrics {
             last_core: Mutex::new(Counters::default()),
             reply_parts_sent: Counter::default(),
             replies_too_large: Counter::default(),
-            decided_count: AtomicU64::new(0),
         };
         if let Ok(mut r) = m.registry.lock() {
-            r.register("messages_in", "Messages received, by subject", m.messages_in.clone());
-            r.register("messages_out", "Messages published, by subject", m.messages_out.clone());
-            r.register("decode_failures", "Messages that failed to decode, by subject", m.decode_failures.clone());
-            r.register("publish_failures", "Publishes that failed, by subject", m.publish_failures.clone());
-            r.register("handler_panics", "Message handlers that panicked", m.handler_panics.clone());
-            r.register("nats_reconnects", "Reconnections to NATS", m.reconnects.clone());
-            r.register("nats_disconnects", "Disconnections from NATS", m.disconnects.clone());
-            r.register("nats_slow_consumers", "Slow-consumer events (client-side drops)", m.slow_consumers.clone());
-            r.register("proposals_tracked", "Proposals currently tracked", m.proposals_tracked.clone());
-            r.register("decisions", "Decisions learned, by outcome and by whom", m.decisions.clone());
+            r.register(
+                "messages_in",
+                "Messages received, by subject",
+                m.messages_in.clone(),
+            );
+            r.register(
+                "messages_out",
+                "Messages published, by subject",
+                m.messages_out.clone(),
+            );
+            r.register(
+                "decode_failures",
+                "Messages that failed to decode, by subject",
+                m.decode_failures.clone(),
+            );
+            r.register(
+                "publish_failures",
+                "Publishes that failed, by subject",
+                m.publish_failures.clone(),
+            );
+            r.register(
+                "handler_panics",
+                "Message handlers that panicked",
+                m.handler_panics.clone(),
+            );
+            r.register(
+                "nats_reconnects",
+                "Reconnections to NATS",
+                m.reconnects.clone(),
+            );
+            r.register(
+                "nats_disconnects",
+                "Disconnections from NATS",
+                m.disconnects.clone(),
+            );
+            r.register(
+                "nats_slow_consumers",
+                "Slow-consumer events (client-side drops)",
+                m.slow_consumers.clone(),
+            );
+            r.register(
+                "proposals_tracked",
+                "Proposals currently tracked",
+                m.proposals_tracked.clone(),
+            );
+            r.register(
+                "decisions",
+                "Decisions learned, by outcome and by whom",
+                m.decisions.clone(),
+            );
             r.register(
                 "decision_latency_seconds",
                 "Time from first seeing a proposal to its decision",
                 m.decision_latency.clone(),
             );
-            r.register("active_nodes", "Active nodes by role", m.active_nodes.clone());
-            r.register("fanout_duration_seconds", "Duration of fan-out requests", m.fanout_duration.clone());
+            r.register(
+                "active_nodes",
+                "Active nodes by role",
+                m.active_nodes.clone(),
+            );
+            r.register(
+                "fanout_duration_seconds",
+                "Duration of fan-out requests",
+                m.fanout_duration.clone(),
+            );
             r.register(
                 "core_events",
                 "Messages the core refused (caps), ignored (duplicates, stale) or expired, by kind",
                 m.core_events.clone(),
             );
-            r.register("reply_parts_sent", "Fan-out reply parts sent", m.reply_parts_sent.clone());
+            r.register(
+                "reply_parts_sent",
+                "Fan-out reply parts sent",
+                m.reply_parts_sent.clone(),
+            );
             r.register(
                 "replies_too_large",
                 "Replies too large for a requester without parts support",
@@ -131,22 +180,30 @@ impl Metrics {
 
     /// Counts a received message.
     pub fn received(&self, subject: &str) {
-        self.messages_in.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+        self.messages_in
+            .get_or_create(&vec![("subject", subject_label(subject))])
+            .inc();
     }
 
     /// Counts a published message.
     pub fn sent(&self, subject: &str) {
-        self.messages_out.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+        self.messages_out
+            .get_or_create(&vec![("subject", subject_label(subject))])
+            .inc();
     }
 
     /// Counts a decode failure.
     pub fn decode_failed(&self, subject: &str) {
-        self.decode_failures.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+        self.decode_failures
+            .get_or_create(&vec![("subject", subject_label(subject))])
+            .inc();
     }
 
     /// Counts a failed publish.
     pub fn publish_failed(&self, subject: &str) {
-        self.publish_failures.get_or_create(&vec![("subject", subject_label(subject))]).inc();
+        self.publish_failures
+            .get_or_create(&vec![("subject", subject_label(subject))])
+            .inc();
     }
 
     /// Records a decision.
@@ -154,12 +211,14 @@ impl Metrics {
         let outcome = if passed { "passed" } else { "failed" };
         let by = if by_self { "self" } else { "peer" };
         self.decisions
-            .get_or_create(&vec![("outcome", outcome.to_string()), ("by", by.to_string())])
+            .get_or_create(&vec![
+                ("outcome", outcome.to_string()),
+                ("by", by.to_string()),
+            ])
             .inc();
         if let Some(l) = latency {
             self.decision_latency.observe(l.as_secs_f64());
         }
-        self.decided_count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a fan-out duration.
@@ -171,25 +230,66 @@ impl Metrics {
 
     /// Brings the core counters into the registry (the core is pure and keeps its own).
     pub fn sync_core(&self, now: Counters) {
-        let Ok(mut last) = self.last_core.lock() else { return };
+        let Ok(mut last) = self.last_core.lock() else {
+            return;
+        };
         let pairs = [
-            ("invalid_message", now.invalid_messages, last.invalid_messages),
-            ("node_id_conflict", now.node_id_conflicts, last.node_id_conflicts),
-            ("refused_proposal_cap", now.refused_proposals, last.refused_proposals),
-            ("refused_vote_bucket_cap", now.refused_pending_votes, last.refused_pending_votes),
+            (
+                "invalid_message",
+                now.invalid_messages,
+                last.invalid_messages,
+            ),
+            (
+                "node_id_conflict",
+                now.node_id_conflicts,
+                last.node_id_conflicts,
+            ),
+            (
+                "refused_proposal_cap",
+                now.refused_proposals,
+                last.refused_proposals,
+            ),
+            (
+                "refused_vote_bucket_cap",
+                now.refused_pending_votes,
+                last.refused_pending_votes,
+            ),
             ("refused_node_cap", now.refused_nodes, last.refused_nodes),
-            ("duplicate_proposal", now.duplicate_proposals, last.duplicate_proposals),
-            ("duplicate_finalize", now.duplicate_finalizes, last.duplicate_finalizes),
+            (
+                "duplicate_proposal",
+                now.duplicate_proposals,
+                last.duplicate_proposals,
+            ),
+            (
+                "duplicate_finalize",
+                now.duplicate_finalizes,
+                last.duplicate_finalizes,
+            ),
             ("stale_decision", now.stale_decisions, last.stale_decisions),
             ("late_vote", now.late_votes, last.late_votes),
-            ("expired_proposal", now.expired_proposals, last.expired_proposals),
+            ("buffered_vote", now.buffered_votes, last.buffered_votes),
+            (
+                "expired_proposal",
+                now.expired_proposals,
+                last.expired_proposals,
+            ),
             ("expired_vote", now.expired_votes, last.expired_votes),
-            ("proposal_created", now.proposals_created, last.proposals_created),
-            ("proposal_republished", now.proposals_republished, last.proposals_republished),
+            (
+                "proposal_created",
+                now.proposals_created,
+                last.proposals_created,
+            ),
+            (
+                "proposal_republished",
+                now.proposals_republished,
+                last.proposals_republished,
+            ),
         ];
         for (kind, n, l) in pairs {
             if n > l {
-                self.core_events.get_or_create(&vec![("kind", kind.to_string())]).inc_by(n - l);
+                self.core_events
+                    .get_or_create(&vec![("kind", kind.to_string())])
+                    .inc_by(n - l);
             }
         }
         *last = now;
@@ -197,7 +297,9 @@ impl Metrics {
 
     /// Sets the active-node gauges.
     pub fn set_active(&self, role: &str, n: usize) {
-        self.active_nodes.get_or_create(&vec![("role", role.to_string())]).set(n as i64);
+        self.active_nodes
+            .get_or_create(&vec![("role", role.to_string())])
+            .set(n as i64);
     }
 
     /// Prometheus text exposition of every metric.

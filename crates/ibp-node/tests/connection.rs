@@ -28,7 +28,9 @@ fn opts_for(server: &NatsServer) -> ConnectOptions {
 }
 
 async fn connect(opts: &ConnectOptions) -> Connection {
-    Connection::connect(opts, Arc::new(Metrics::new())).await.expect("connects")
+    Connection::connect(opts, Arc::new(Metrics::new()))
+        .await
+        .expect("connects")
 }
 
 /// Publishes on one connection and receives on another: proves the connection works.
@@ -47,15 +49,25 @@ async fn round_trip(a: &Connection, b: &Connection, subject: &str) {
     b.barrier().await.expect("barrier");
     let arrived = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            a.publish_bytes(subject, "hi".into()).await.expect("publishes");
+            a.publish_bytes(subject, "hi".into())
+                .await
+                .expect("publishes");
             a.flush().await.expect("flush");
-            if tokio::time::timeout(Duration::from_millis(100), got.notified()).await.is_ok() {
+            if tokio::time::timeout(Duration::from_millis(100), got.notified())
+                .await
+                .is_ok()
+            {
                 return;
             }
         }
     })
     .await;
-    assert!(arrived.is_ok(), "message did not arrive; a: {:?} b: {:?}", a.state(), b.state());
+    assert!(
+        arrived.is_ok(),
+        "message did not arrive; a: {:?} b: {:?}",
+        a.state(),
+        b.state()
+    );
     sub.stop(Duration::from_secs(1)).await;
 }
 
@@ -63,12 +75,50 @@ async fn round_trip(a: &Connection, b: &Connection, subject: &str) {
 async fn connects_with_every_auth_mode() {
     let modes = [
         ("none", ServerOptions::default()),
-        ("user/password", ServerOptions { auth: Auth::UserPass("ibp".into(), "s3cret".into()), ..Default::default() }),
-        ("token", ServerOptions { auth: Auth::Token("t0ken".into()), ..Default::default() }),
-        ("nkey", ServerOptions { auth: Auth::NKey, ..Default::default() }),
-        ("credentials", ServerOptions { auth: Auth::Credentials, ..Default::default() }),
-        ("tls", ServerOptions { tls: true, ..Default::default() }),
-        ("mutual tls + user/password", ServerOptions { tls: true, verify_clients: true, auth: Auth::UserPass("u".into(), "p".into()), ..Default::default() }),
+        (
+            "user/password",
+            ServerOptions {
+                auth: Auth::UserPass("ibp".into(), "s3cret".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "token",
+            ServerOptions {
+                auth: Auth::Token("t0ken".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "nkey",
+            ServerOptions {
+                auth: Auth::NKey,
+                ..Default::default()
+            },
+        ),
+        (
+            "credentials",
+            ServerOptions {
+                auth: Auth::Credentials,
+                ..Default::default()
+            },
+        ),
+        (
+            "tls",
+            ServerOptions {
+                tls: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "mutual tls + user/password",
+            ServerOptions {
+                tls: true,
+                verify_clients: true,
+                auth: Auth::UserPass("u".into(), "p".into()),
+                ..Default::default()
+            },
+        ),
     ];
     for (name, o) in modes {
         let server = NatsServer::start_with(o).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -86,28 +136,56 @@ async fn connects_with_every_auth_mode() {
 
 #[tokio::test]
 async fn a_wrong_password_fails_fast_with_a_clear_error() {
-    let server = NatsServer::start_with(ServerOptions { auth: Auth::UserPass("ibp".into(), "right".into()), ..Default::default() }).expect("server");
+    let server = NatsServer::start_with(ServerOptions {
+        auth: Auth::UserPass("ibp".into(), "right".into()),
+        ..Default::default()
+    })
+    .expect("server");
     let mut opts = opts_for(&server);
     opts.password = Some("wrong".into());
     // A guard against hanging (reconnect-forever), not a speed measurement.
-    let r = tokio::time::timeout(Duration::from_secs(30), Connection::connect(&opts, Arc::new(Metrics::new())))
-        .await
-        .expect("does not retry forever");
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        Connection::connect(&opts, Arc::new(Metrics::new())),
+    )
+    .await
+    .expect("does not retry forever");
     let e = r.expect_err("refused");
     assert_eq!(e.kind(), ConnectErrorKind::Authorization, "{e}");
     let text = e.to_string();
-    assert!(text.contains("authorization") && text.contains(&server.url()), "{text}");
-    assert!(!text.contains("wrong"), "the password must not appear in errors: {text}");
+    assert!(
+        text.contains("authorization") && text.contains(&server.url()),
+        "{text}"
+    );
+    assert!(
+        !text.contains("wrong"),
+        "the password must not appear in errors: {text}"
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_server_and_bad_options_fail_with_their_reason() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let opts = ConnectOptions { servers: format!("nats://127.0.0.1:{port}"), connect_timeout: Duration::from_secs(2), ..Default::default() };
-    let e = Connection::connect(&opts, Arc::new(Metrics::new())).await.expect_err("nobody listens");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let opts = ConnectOptions {
+        servers: format!("nats://127.0.0.1:{port}"),
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let e = Connection::connect(&opts, Arc::new(Metrics::new()))
+        .await
+        .expect_err("nobody listens");
     assert_eq!(e.kind(), ConnectErrorKind::Unreachable, "{e}");
-    let bad = ConnectOptions { user: Some("x".into()), ..Default::default() };
-    let e = Connection::connect(&bad, Arc::new(Metrics::new())).await.expect_err("half a credential");
+    let bad = ConnectOptions {
+        user: Some("x".into()),
+        ..Default::default()
+    };
+    let e = Connection::connect(&bad, Arc::new(Metrics::new()))
+        .await
+        .expect_err("half a credential");
     assert_eq!(e.kind(), ConnectErrorKind::InvalidOptions);
     assert!(e.to_string().contains("user and password"), "{e}");
 }
@@ -132,30 +210,47 @@ async fn subscriptions_resume_after_the_server_is_killed_and_restarted() {
         .await
         .expect("subscribes");
     b.barrier().await.expect("barrier");
-    a.publish_bytes("resume.check", "1".into()).await.expect("publish");
-    tokio::time::timeout(Duration::from_secs(10), got.notified()).await.expect("first message");
+    a.publish_bytes("resume.check", "1".into())
+        .await
+        .expect("publish");
+    tokio::time::timeout(Duration::from_secs(10), got.notified())
+        .await
+        .expect("first message");
 
     let mut state = b.watch_state();
     server.kill();
-    tokio::time::timeout(Duration::from_secs(30), state.wait_for(|s| s.state == StateKind::Disconnected))
-        .await
-        .expect("disconnect noticed")
-        .expect("watch open");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| s.state == StateKind::Disconnected),
+    )
+    .await
+    .expect("disconnect noticed")
+    .expect("watch open");
     server.restart().expect("restarts");
-    let s = tokio::time::timeout(Duration::from_secs(30), state.wait_for(|s| s.state == StateKind::Reconnected))
-        .await
-        .expect("reconnects")
-        .expect("watch open")
-        .clone();
+    let s = tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| s.state == StateKind::Reconnected),
+    )
+    .await
+    .expect("reconnects")
+    .expect("watch open")
+    .clone();
     assert_eq!(s.reconnects, 1);
     let mut sa = a.watch_state();
-    tokio::time::timeout(Duration::from_secs(30), sa.wait_for(|s| s.state == StateKind::Reconnected))
-        .await
-        .expect("publisher reconnects")
-        .expect("watch open");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        sa.wait_for(|s| s.state == StateKind::Reconnected),
+    )
+    .await
+    .expect("publisher reconnects")
+    .expect("watch open");
     b.barrier().await.expect("barrier");
-    a.publish_bytes("resume.check", "2".into()).await.expect("publish after restart");
-    tokio::time::timeout(Duration::from_secs(10), got.notified()).await.expect("the subscription resumed");
+    a.publish_bytes("resume.check", "2".into())
+        .await
+        .expect("publish after restart");
+    tokio::time::timeout(Duration::from_secs(10), got.notified())
+        .await
+        .expect("the subscription resumed");
     assert_eq!(seen.load(Ordering::SeqCst), 2);
     assert!(b.metrics().encode().contains("ibp_nats_reconnects_total 1"));
 }
@@ -164,7 +259,11 @@ async fn subscriptions_resume_after_the_server_is_killed_and_restarted() {
 async fn fails_over_between_the_servers_of_a_three_server_cluster() {
     let mut cluster = NatsCluster::start(ServerOptions::default()).expect("cluster");
     // The subscriber knows only server 0 first; the cluster tells it about the others.
-    let mut sub_opts = ConnectOptions { servers: cluster.urls(), reconnect_delay: Duration::from_millis(100), ..Default::default() };
+    let mut sub_opts = ConnectOptions {
+        servers: cluster.urls(),
+        reconnect_delay: Duration::from_millis(100),
+        ..Default::default()
+    };
     let sub_conn = connect(&sub_opts).await;
     let first = sub_conn.state().server.expect("server");
     sub_opts.servers = cluster.server(2).url();
@@ -172,21 +271,32 @@ async fn fails_over_between_the_servers_of_a_three_server_cluster() {
     round_trip(&pub_conn, &sub_conn, "failover.before").await;
 
     // Kill whichever server the subscriber is on.
-    let victim = (0..3).find(|i| first.ends_with(&format!(":{}", cluster.server(*i).port()))).expect("known server");
+    let victim = (0..3)
+        .find(|i| first.ends_with(&format!(":{}", cluster.server(*i).port())))
+        .expect("known server");
     let mut state = sub_conn.watch_state();
     cluster.server(victim).kill();
-    tokio::time::timeout(Duration::from_secs(30), state.wait_for(|s| s.state == StateKind::Reconnected))
-        .await
-        .expect("fails over")
-        .expect("watch open");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| s.state == StateKind::Reconnected),
+    )
+    .await
+    .expect("fails over")
+    .expect("watch open");
     let now_on = sub_conn.state().server.expect("server");
-    assert!(!now_on.ends_with(&format!(":{}", cluster.server(victim).port())), "moved off the killed server: {now_on}");
+    assert!(
+        !now_on.ends_with(&format!(":{}", cluster.server(victim).port())),
+        "moved off the killed server: {now_on}"
+    );
     // The publisher may have been on the victim too; wait until it is connected somewhere.
     let mut ps = pub_conn.watch_state();
-    tokio::time::timeout(Duration::from_secs(30), ps.wait_for(|s| s.state != StateKind::Disconnected))
-        .await
-        .expect("publisher connected")
-        .expect("watch open");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        ps.wait_for(|s| s.state != StateKind::Disconnected),
+    )
+    .await
+    .expect("publisher connected")
+    .expect("watch open");
     round_trip(&pub_conn, &sub_conn, "failover.after").await;
 }
 
@@ -213,14 +323,22 @@ async fn a_burst_of_200k_messages_reaches_one_subscriber_without_loss() {
         .expect("subscribes");
     subscriber.barrier().await.expect("barrier");
     for i in 0..N {
-        publisher.publish_bytes("burst", format!("{i}").into()).await.expect("publish");
+        publisher
+            .publish_bytes("burst", format!("{i}").into())
+            .await
+            .expect("publish");
     }
     publisher.flush().await.expect("flush");
     tokio::time::timeout(Duration::from_secs(120), done.notified())
         .await
         .unwrap_or_else(|_| panic!("only {} of {N} handled", seen.load(Ordering::SeqCst)));
     assert_eq!(seen.load(Ordering::SeqCst), N);
-    assert!(!subscriber.metrics().encode().contains("ibp_nats_slow_consumers_total 1"));
+    assert!(
+        !subscriber
+            .metrics()
+            .encode()
+            .contains("ibp_nats_slow_consumers_total 1")
+    );
 }
 
 #[tokio::test]
@@ -234,7 +352,13 @@ async fn a_panicking_or_slow_handler_never_stops_the_subscription() {
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Notify::new());
     let all = Arc::new(Notify::new());
-    let (h, f, mx, r, al) = (handled.clone(), in_flight.clone(), max_in_flight.clone(), release.clone(), all.clone());
+    let (h, f, mx, r, al) = (
+        handled.clone(),
+        in_flight.clone(),
+        max_in_flight.clone(),
+        release.clone(),
+        all.clone(),
+    );
     let _sub = b
         .subscribe("handlers", Concurrency::Bounded(4), move |m| {
             let (h, f, mx, r, al) = (h.clone(), f.clone(), mx.clone(), r.clone(), al.clone());
@@ -257,12 +381,18 @@ async fn a_panicking_or_slow_handler_never_stops_the_subscription() {
         .await
         .expect("subscribes");
     b.barrier().await.expect("barrier");
-    a.publish_bytes("handlers", "slow".into()).await.expect("publish");
+    a.publish_bytes("handlers", "slow".into())
+        .await
+        .expect("publish");
     for _ in 0..5 {
-        a.publish_bytes("handlers", "panic".into()).await.expect("publish");
+        a.publish_bytes("handlers", "panic".into())
+            .await
+            .expect("publish");
     }
     for _ in 0..19 {
-        a.publish_bytes("handlers", "ok".into()).await.expect("publish");
+        a.publish_bytes("handlers", "ok".into())
+            .await
+            .expect("publish");
     }
     a.flush().await.expect("flush");
     // 19 fast messages pass the slow one and the 5 panics.
@@ -271,9 +401,16 @@ async fn a_panicking_or_slow_handler_never_stops_the_subscription() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), fast_done).await.expect("fast messages handled while one is stuck");
+    tokio::time::timeout(Duration::from_secs(20), fast_done)
+        .await
+        .expect("fast messages handled while one is stuck");
     release.notify_one();
-    tokio::time::timeout(Duration::from_secs(20), all.notified()).await.expect("the slow one finishes too");
-    assert!(max_in_flight.load(Ordering::SeqCst) <= 4, "bounded to 4 in flight");
+    tokio::time::timeout(Duration::from_secs(20), all.notified())
+        .await
+        .expect("the slow one finishes too");
+    assert!(
+        max_in_flight.load(Ordering::SeqCst) <= 4,
+        "bounded to 4 in flight"
+    );
     assert!(b.metrics().encode().contains("ibp_handler_panics_total 5"));
 }

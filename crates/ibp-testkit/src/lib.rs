@@ -15,5 +15,7 @@ mod nats;
 mod seed;
 
 pub use mysql::TestDatabase;
-pub use nats::{Auth, ClientAuth, HarnessError, NatsCluster, NatsServer, ServerOptions, nats_server_bin};
+pub use nats::{
+    Auth, ClientAuth, HarnessError, NatsCluster, NatsServer, ServerOptions, nats_server_bin,
+};
 pub use seed::{Rng, test_seed};

@@ -16,7 +16,8 @@ pub struct TestDatabase {
 
 /// The admin URL of the test MySQL server.
 pub fn admin_url() -> String {
-    std::env::var("IBP_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
+    std::env::var("IBP_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
 }
 
 impl TestDatabase {
@@ -30,13 +31,15 @@ impl TestDatabase {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let name = format!("ibp_test_{}_{n}_{nanos}", std::process::id());
-        let mut conn = sqlx::MySqlConnection::connect(&admin)
-            .await
-            .map_err(|e| format!("cannot reach the test MySQL server at {admin} (set IBP_TEST_MYSQL_URL): {e}"))?;
-        sqlx::query(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| format!("cannot create database {name}: {e}"))?;
+        let mut conn = sqlx::MySqlConnection::connect(&admin).await.map_err(|e| {
+            format!("cannot reach the test MySQL server at {admin} (set IBP_TEST_MYSQL_URL): {e}")
+        })?;
+        sqlx::query(&format!(
+            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+        ))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("cannot create database {name}: {e}"))?;
         let _ = conn.close().await;
         let url = format!("{}/{name}", admin.trim_end_matches('/'));
         Ok(TestDatabase {
@@ -56,7 +59,9 @@ impl TestDatabase {
 
 async fn drop_database(admin: &str, name: &str) {
     if let Ok(mut conn) = sqlx::MySqlConnection::connect(admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut conn).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+            .execute(&mut conn)
+            .await;
         let _ = conn.close().await;
     }
 }
@@ -70,7 +75,10 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop can run inside a runtime; use a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 rt.block_on(drop_database(&admin, &name));
             }
         })

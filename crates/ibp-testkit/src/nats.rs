@@ -14,7 +14,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     /// No `nats-server` binary was found.
-    #[error("nats-server not found: set NATS_SERVER_BIN or install it (apt-get install nats-server)")]
+    #[error(
+        "nats-server not found: set NATS_SERVER_BIN or install it (apt-get install nats-server)"
+    )]
     NoBinary,
     /// Writing config files or certificates failed.
     #[error("harness I/O: {0}")]
@@ -39,7 +41,11 @@ pub enum HarnessError {
 pub fn nats_server_bin() -> Result<PathBuf, HarnessError> {
     if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(HarnessError::NoBinary) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(HarnessError::NoBinary)
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -133,7 +139,11 @@ impl NatsServer {
         Ok(s)
     }
 
-    fn prepare(name: &str, opts: &ServerOptions, cluster_block: &str) -> Result<NatsServer, HarnessError> {
+    fn prepare(
+        name: &str,
+        opts: &ServerOptions,
+        cluster_block: &str,
+    ) -> Result<NatsServer, HarnessError> {
         let dir = tempfile::Builder::new().prefix("ibp-nats-").tempdir()?;
         let port = free_port()?;
         let monitor_port = free_port()?;
@@ -144,7 +154,10 @@ impl NatsServer {
         if let Some(mp) = opts.max_payload {
             conf.push_str(&format!("max_payload: {mp}\n"));
             // The server refuses a max_payload above max_pending (64 MB default); keep room.
-            conf.push_str(&format!("max_pending: {}\n", (mp * 4).max(64 * 1024 * 1024)));
+            conf.push_str(&format!(
+                "max_pending: {}\n",
+                (mp * 4).max(64 * 1024 * 1024)
+            ));
         }
         if opts.jetstream {
             let store = dir.path().join("jetstream");
@@ -153,7 +166,9 @@ impl NatsServer {
         match &opts.auth {
             Auth::None => {}
             Auth::UserPass(u, p) => {
-                conf.push_str(&format!("authorization {{ user: {u:?}, password: {p:?} }}\n"));
+                conf.push_str(&format!(
+                    "authorization {{ user: {u:?}, password: {p:?} }}\n"
+                ));
                 client.user_pass = Some((u.clone(), p.clone()));
             }
             Auth::Token(t) => {
@@ -162,8 +177,12 @@ impl NatsServer {
             }
             Auth::NKey => {
                 let kp = nkeys::KeyPair::new_user();
-                conf.push_str(&format!("authorization {{ users: [ {{ nkey: {:?} }} ] }}\n", kp.public_key()));
-                client.nkey_seed = Some(kp.seed().map_err(|e| HarnessError::Crypto(e.to_string()))?);
+                conf.push_str(&format!(
+                    "authorization {{ users: [ {{ nkey: {:?} }} ] }}\n",
+                    kp.public_key()
+                ));
+                client.nkey_seed =
+                    Some(kp.seed().map_err(|e| HarnessError::Crypto(e.to_string()))?);
             }
             Auth::Credentials => {
                 let (block, creds) = operator_mode(dir.path())?;
@@ -231,9 +250,18 @@ impl NatsServer {
     }
 
     /// Waits until `needle` appeared `count` times in the server log since it (re)started.
-    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<(), HarnessError> {
+    pub fn wait_for_log(
+        &mut self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().map_err(|_| self.not_ready("log lock poisoned"))?;
+        let mut lines = self
+            .log
+            .lines
+            .lock()
+            .map_err(|_| self.not_ready("log lock poisoned"))?;
         loop {
             if lines.iter().filter(|l| l.contains(needle)).count() >= count {
                 return Ok(());
@@ -278,7 +306,11 @@ impl NatsServer {
 
     /// `nats://127.0.0.1:<port>` (`tls://…` for a TLS server).
     pub fn url(&self) -> String {
-        let scheme = if self.client.ca_file.is_some() { "tls" } else { "nats" };
+        let scheme = if self.client.ca_file.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
@@ -299,7 +331,9 @@ impl NatsServer {
 
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Stops the server gracefully (SIGTERM) and waits for it to exit.
@@ -335,7 +369,8 @@ impl NatsServer {
         let mut body = String::new();
         s.read_to_string(&mut body)?;
         let json = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        serde_json::from_str(json).map_err(|e| HarnessError::Crypto(format!("bad monitoring JSON from {path}: {e}")))
+        serde_json::from_str(json)
+            .map_err(|e| HarnessError::Crypto(format!("bad monitoring JSON from {path}: {e}")))
     }
 }
 
@@ -380,7 +415,9 @@ impl NatsCluster {
     pub fn wait_routes(&mut self, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let running: Vec<usize> = (0..self.servers.len()).filter(|i| self.servers[*i].is_running()).collect();
+            let running: Vec<usize> = (0..self.servers.len())
+                .filter(|i| self.servers[*i].is_running())
+                .collect();
             let want = running.len().saturating_sub(1) as u64;
             let ok = running.iter().all(|i| {
                 self.servers[*i]
@@ -402,7 +439,11 @@ impl NatsCluster {
 
     /// Comma-separated client URLs of all servers.
     pub fn urls(&self) -> String {
-        self.servers.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Server `i` (0–2).
@@ -434,23 +475,31 @@ fn crypto<E: std::fmt::Display>(e: E) -> HarnessError {
 }
 
 fn write_certificates(dir: &Path) -> Result<CertFiles, HarnessError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        SanType,
+    };
     let ca_key = KeyPair::generate().map_err(crypto)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(crypto)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "ibp test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ibp test CA");
     let ca = ca_params.self_signed(&ca_key).map_err(crypto)?;
 
     let server_key = KeyPair::generate().map_err(crypto)?;
     let mut sp = CertificateParams::new(vec!["localhost".to_string()]).map_err(crypto)?;
-    sp.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    sp.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+    sp.subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    sp.extended_key_usages
+        .push(ExtendedKeyUsagePurpose::ServerAuth);
     let server = sp.signed_by(&server_key, &ca, &ca_key).map_err(crypto)?;
 
     let client_key = KeyPair::generate().map_err(crypto)?;
     let mut cp = CertificateParams::new(vec!["ibp-client".to_string()]).map_err(crypto)?;
     cp.distinguished_name.push(DnType::CommonName, "ibp-client");
-    cp.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+    cp.extended_key_usages
+        .push(ExtendedKeyUsagePurpose::ClientAuth);
     let client = cp.signed_by(&client_key, &ca, &ca_key).map_err(crypto)?;
 
     let files = CertFiles {

@@ -2,7 +2,10 @@
 /// fresh. Always printed with the test name, so any failing run can be replayed.
 pub fn test_seed(test: &str) -> u64 {
     let seed = match std::env::var("IBP_TEST_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("IBP_TEST_SEED={s:?} is not a u64")),
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("IBP_TEST_SEED={s:?} is not a u64")),
         Err(_) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -28,7 +31,11 @@ impl Rng {
 
     /// Uniform in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next_u64() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
     }
 
     /// True with probability `percent / 100`.
