@@ -1,0 +1,380 @@
+//! Versioned, idempotent schema migrations, run explicitly by the role that owns each
+//! table (D15). Applied versions are recorded in `ibp_schema_migrations`.
+
+use crate::{Arg, Backend, Col, Store, StoreError, StoreErrorKind};
+
+/// A group of tables a role owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// `requests` (DNS, collator).
+    Usage,
+    /// `member_events` and `ibp_processed_decisions` (collator, monitor).
+    Events,
+    /// `ibp_results` (monitor).
+    Results,
+}
+
+/// What [`Store::migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Migrations applied now, by name.
+    pub applied: Vec<String>,
+    /// Whether `requests` has the 9-column unique key that per-node replace needs.
+    pub usage_key_ok: bool,
+    /// Problems that did not stop start-up but disable a feature (logged loudly).
+    pub warnings: Vec<String>,
+}
+
+struct Migration {
+    version: i64,
+    part: Part,
+    name: &'static str,
+    mysql: &'static [&'static str],
+    sqlite: &'static [&'static str],
+}
+
+const USAGE_COLUMNS: [&str; 9] = [
+    "date",
+    "node_id",
+    "domain_name",
+    "member_name",
+    "network_asn",
+    "network_name",
+    "country_code",
+    "country_name",
+    "is_ipv6",
+];
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        part: Part::Usage,
+        name: "create requests",
+        mysql: &["CREATE TABLE IF NOT EXISTS requests (
+            id INT UNSIGNED NOT NULL AUTO_INCREMENT,
+            date DATE NULL DEFAULT NULL,
+            node_id VARCHAR(32) NULL DEFAULT NULL,
+            domain_name VARCHAR(128) NULL DEFAULT NULL,
+            member_name VARCHAR(64) NULL DEFAULT NULL,
+            network_asn VARCHAR(32) NULL DEFAULT NULL,
+            network_name VARCHAR(96) NULL DEFAULT NULL,
+            country_code VARCHAR(2) NULL DEFAULT NULL,
+            country_name VARCHAR(64) NULL DEFAULT NULL,
+            is_ipv6 TINYINT NULL DEFAULT NULL,
+            hits INT UNSIGNED NULL DEFAULT NULL,
+            PRIMARY KEY (id),
+            UNIQUE KEY uniq_traffic_dedupe (date, node_id, domain_name, member_name, network_asn, network_name, country_code, country_name, is_ipv6)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"],
+        sqlite: &[
+            "CREATE TABLE IF NOT EXISTS requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            date TEXT NULL,
+            node_id TEXT NULL,
+            domain_name TEXT NULL COLLATE NOCASE,
+            member_name TEXT NULL COLLATE NOCASE,
+            network_asn TEXT NULL COLLATE NOCASE,
+            network_name TEXT NULL COLLATE NOCASE,
+            country_code TEXT NULL COLLATE NOCASE,
+            country_name TEXT NULL COLLATE NOCASE,
+            is_ipv6 INTEGER NULL,
+            hits INTEGER NULL)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS uniq_traffic_dedupe ON requests
+            (date, node_id, domain_name, member_name, network_asn, network_name, country_code, country_name, is_ipv6)",
+        ],
+    },
+    Migration {
+        version: 2,
+        part: Part::Events,
+        name: "create member_events",
+        mysql: &["CREATE TABLE IF NOT EXISTS member_events (
+            id INT UNSIGNED NOT NULL AUTO_INCREMENT,
+            check_type VARCHAR(24) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            check_name VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            endpoint VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            member_name VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            domain_name VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            status TINYINT NULL,
+            is_ipv6 TINYINT NULL,
+            start_time DATETIME NULL DEFAULT CURRENT_TIMESTAMP,
+            end_time DATETIME NULL,
+            error TEXT NULL,
+            vote_data LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL CHECK (vote_data IS NULL OR JSON_VALID(vote_data)),
+            additional_data LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL CHECK (additional_data IS NULL OR JSON_VALID(additional_data)),
+            PRIMARY KEY (id),
+            UNIQUE KEY uniq_member_event_v2 (check_type, check_name, member_name, domain_name, is_ipv6, start_time, endpoint(191)),
+            KEY idx_member_events_open (member_name, end_time)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"],
+        sqlite: &[
+            "CREATE TABLE IF NOT EXISTS member_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            check_type TEXT NULL,
+            check_name TEXT NULL,
+            endpoint TEXT NULL,
+            member_name TEXT NULL,
+            domain_name TEXT NULL,
+            status INTEGER NULL,
+            is_ipv6 INTEGER NULL,
+            start_time TEXT NULL,
+            end_time TEXT NULL,
+            error TEXT NULL,
+            vote_data TEXT NULL,
+            additional_data TEXT NULL)",
+            "CREATE INDEX IF NOT EXISTS idx_member_events_open ON member_events (member_name, end_time)",
+        ],
+    },
+    Migration {
+        version: 3,
+        part: Part::Events,
+        name: "create ibp_processed_decisions",
+        mysql: &["CREATE TABLE IF NOT EXISTS ibp_processed_decisions (
+            proposal_id VARCHAR(64) NOT NULL,
+            passed TINYINT NOT NULL,
+            event_id BIGINT NULL,
+            processed_at DATETIME(6) NOT NULL,
+            PRIMARY KEY (proposal_id, passed)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"],
+        sqlite: &["CREATE TABLE IF NOT EXISTS ibp_processed_decisions (
+            proposal_id TEXT NOT NULL,
+            passed INTEGER NOT NULL,
+            event_id INTEGER NULL,
+            processed_at TEXT NOT NULL,
+            PRIMARY KEY (proposal_id, passed))"],
+    },
+    Migration {
+        version: 4,
+        part: Part::Results,
+        name: "create ibp_results",
+        mysql: &["CREATE TABLE IF NOT EXISTS ibp_results (
+            kind VARCHAR(8) NOT NULL,
+            key_hash CHAR(64) NOT NULL,
+            check_type VARCHAR(24) NOT NULL,
+            check_name VARCHAR(64) NOT NULL,
+            member_name VARCHAR(128) NOT NULL,
+            domain_name VARCHAR(128) NOT NULL,
+            endpoint VARCHAR(512) NOT NULL,
+            is_ipv6 TINYINT NOT NULL,
+            status TINYINT NOT NULL,
+            error_text TEXT NULL,
+            data LONGTEXT NULL,
+            proposal LONGTEXT NULL,
+            updated_at DATETIME(6) NOT NULL,
+            PRIMARY KEY (kind, key_hash)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"],
+        sqlite: &["CREATE TABLE IF NOT EXISTS ibp_results (
+            kind TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            check_type TEXT NOT NULL,
+            check_name TEXT NOT NULL,
+            member_name TEXT NOT NULL,
+            domain_name TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            is_ipv6 INTEGER NOT NULL,
+            status INTEGER NOT NULL,
+            error_text TEXT NULL,
+            data TEXT NULL,
+            proposal TEXT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (kind, key_hash))"],
+    },
+];
+
+impl Store {
+    /// Applies the migrations of `parts` that are not applied yet, then checks the legacy
+    /// keys of an existing Go database: widens `uniq_traffic_dedupe` to the 9 columns
+    /// (D8) and `uniq_member_event` to include `start_time`, so every outage gets its own
+    /// row (D1). Neither change rewrites a row.
+    pub async fn migrate(&self, parts: &[Part]) -> Result<MigrationReport, StoreError> {
+        let mut report = MigrationReport::default();
+        // Several nodes may share one database: migrate one at a time. The lock belongs
+        // to a session, so it is taken and released on one dedicated connection.
+        let mut lock = match &self.pool {
+            crate::Pool::Mysql(p) => {
+                let mut c = p.acquire().await.map_err(self.q("lock migrations"))?;
+                sqlx::query("SELECT GET_LOCK(CONCAT('ibp_migrate.', DATABASE()), 60)")
+                    .execute(&mut *c)
+                    .await
+                    .map_err(self.q("lock migrations"))?;
+                Some(c)
+            }
+            crate::Pool::Sqlite(_) => None,
+        };
+        let r = self.migrate_locked(parts, &mut report).await;
+        if let Some(c) = lock.as_mut() {
+            let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('ibp_migrate.', DATABASE()))")
+                .execute(&mut **c)
+                .await;
+        }
+        r?;
+        for w in &report.warnings {
+            tracing::error!(warning = %w, "schema check");
+        }
+        for a in &report.applied {
+            tracing::info!(migration = %a, "schema migration applied");
+        }
+        Ok(report)
+    }
+
+    async fn migrate_locked(
+        &self,
+        parts: &[Part],
+        report: &mut MigrationReport,
+    ) -> Result<(), StoreError> {
+        let create = self.sql(
+            "CREATE TABLE IF NOT EXISTS ibp_schema_migrations (version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(128) NOT NULL, applied_at DATETIME(6) NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS ibp_schema_migrations (version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        );
+        self.run(create, &[])
+            .await
+            .map_err(self.q("create ibp_schema_migrations"))?;
+        let applied: Vec<i64> = self
+            .fetch(
+                "SELECT version FROM ibp_schema_migrations",
+                &[],
+                &[Col::Int],
+            )
+            .await
+            .map_err(self.q("read ibp_schema_migrations"))?
+            .iter()
+            .map(|r| r[0].int())
+            .collect();
+        for m in MIGRATIONS
+            .iter()
+            .filter(|m| parts.contains(&m.part) && !applied.contains(&m.version))
+        {
+            let stmts = match self.backend {
+                Backend::Mysql => m.mysql,
+                Backend::Sqlite => m.sqlite,
+            };
+            for s in stmts {
+                self.run(s, &[]).await.map_err(self.q(m.name))?;
+            }
+            let now = crate::fmt_datetime(chrono::Utc::now());
+            self.run(
+                "INSERT INTO ibp_schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                &[Arg::Int(m.version), m.name.into(), now.into()],
+            )
+            .await
+            .map_err(self.q("record migration"))?;
+            report.applied.push(format!("{} {}", m.version, m.name));
+        }
+        if parts.contains(&Part::Usage) {
+            report.usage_key_ok = self.check_usage_key(report).await?;
+            self.usage_key_ok
+                .store(report.usage_key_ok, std::sync::atomic::Ordering::SeqCst);
+        }
+        if parts.contains(&Part::Events) && self.backend == Backend::Mysql {
+            self.check_event_key(report).await?;
+        }
+        Ok(())
+    }
+
+    async fn index_columns(&self, table: &str, index: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .fetch(
+                "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND INDEX_NAME = ? ORDER BY SEQ_IN_INDEX",
+                &[table.into(), index.into()],
+                &[Col::Text],
+            )
+            .await
+            .map_err(self.q("read index columns"))?;
+        Ok(rows.iter().map(|r| r[0].text()).collect())
+    }
+
+    async fn has_column(&self, table: &str, column: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .fetch(
+                "SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                &[table.into(), column.into()],
+                &[Col::Int],
+            )
+            .await
+            .map_err(self.q("read columns"))?;
+        Ok(rows.first().is_some_and(|r| r[0].int() > 0))
+    }
+
+    async fn exec(&self, sql: &str) -> Result<(), sqlx::Error> {
+        self.run(sql, &[]).await.map(|_| ())
+    }
+
+    /// D8: the collator's replace semantics are only safe with `node_id` and `is_ipv6` in
+    /// the unique key. Widens an older key; if that is impossible, says so.
+    async fn check_usage_key(&self, report: &mut MigrationReport) -> Result<bool, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(true);
+        }
+        let cols = self
+            .index_columns("requests", "uniq_traffic_dedupe")
+            .await?;
+        if cols == USAGE_COLUMNS {
+            return Ok(true);
+        }
+        if !self.has_column("requests", "node_id").await? {
+            if let Err(e) = self.exec("ALTER TABLE requests ADD COLUMN node_id VARCHAR(32) NULL DEFAULT NULL AFTER date").await {
+                report.warnings.push(format!("requests has no node_id column and it cannot be added ({e}); usage replace is disabled"));
+                return Ok(false);
+            }
+            report.applied.push("add requests.node_id".into());
+        }
+        let drop = if cols.is_empty() {
+            ""
+        } else {
+            "DROP INDEX uniq_traffic_dedupe, "
+        };
+        let sql = format!(
+            "ALTER TABLE requests {drop}ADD UNIQUE KEY uniq_traffic_dedupe ({})",
+            USAGE_COLUMNS.join(", ")
+        );
+        match self.exec(&sql).await {
+            Ok(()) => {
+                report.applied.push(format!(
+                    "widen uniq_traffic_dedupe from {cols:?} to the 9-column key"
+                ));
+                Ok(true)
+            }
+            Err(e) => {
+                report.warnings.push(format!(
+                    "uniq_traffic_dedupe is {cols:?}, not the 9-column key, and cannot be changed ({e}): per-node usage replace is refused (D8)"
+                ));
+                Ok(false)
+            }
+        }
+    }
+
+    /// D1: with the Go key (no `start_time`) every check has one row forever, so a repeat
+    /// outage would overwrite the first. Widen it to include `start_time`.
+    async fn check_event_key(&self, report: &mut MigrationReport) -> Result<(), StoreError> {
+        let old = self
+            .index_columns("member_events", "uniq_member_event")
+            .await?;
+        if old.is_empty() || old.iter().any(|c| c == "start_time") {
+            return Ok(());
+        }
+        let v2 = self
+            .index_columns("member_events", "uniq_member_event_v2")
+            .await?;
+        let add = if v2.is_empty() {
+            ", ADD UNIQUE KEY uniq_member_event_v2 (check_type, check_name, member_name, domain_name, is_ipv6, start_time, endpoint(191))"
+        } else {
+            ""
+        };
+        let sql = format!("ALTER TABLE member_events DROP INDEX uniq_member_event{add}");
+        match self.exec(&sql).await {
+            Ok(()) => report
+                .applied
+                .push(format!("widen uniq_member_event {old:?} with start_time")),
+            Err(e) => {
+                return Err(self.err(
+                    StoreErrorKind::Schema,
+                    "member_events",
+                    format!("the Go key uniq_member_event {old:?} allows one row per check forever and cannot be widened: {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether per-node usage replace is allowed (see [`MigrationReport::usage_key_ok`]).
+    pub fn usage_key_ok(&self) -> bool {
+        self.usage_key_ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
