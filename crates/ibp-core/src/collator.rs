@@ -3,7 +3,8 @@
 //!
 //! Fixes over the reference: entries age by local receive time (D13), the cache is
 //! bounded, and a decision is reported once — duplicate finalizes from the other monitors
-//! never overwrite the votes of the first (D3).
+//! never overwrite the votes of the first (D3). A decision is reported a short grace after
+//! its first finalize, so a vote handled just after its voter's finalize still counts.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -44,6 +45,9 @@ pub struct VoteCache {
     finalized: BTreeMap<String, bool>,
     finalized_order: VecDeque<(Now, String)>,
     next_janitor: Option<Now>,
+    grace: std::time::Duration,
+    /// Decisions waiting out the vote grace: proposal ID → (report at, finalize, received at).
+    closing: BTreeMap<String, (Now, FinalizeMessage, Now)>,
 }
 
 impl VoteCache {
@@ -59,6 +63,8 @@ impl VoteCache {
             finalized: BTreeMap::new(),
             finalized_order: VecDeque::new(),
             next_janitor: None,
+            grace: cfg.collator_vote_grace,
+            closing: BTreeMap::new(),
         }
     }
 
@@ -96,7 +102,8 @@ impl VoteCache {
             c.invalid_messages += 1;
             return;
         }
-        if self.finalized.contains_key(&v.proposal_id) {
+        if self.finalized.contains_key(&v.proposal_id) && !self.closing.contains_key(&v.proposal_id)
+        {
             c.late_votes += 1;
             return;
         }
@@ -116,18 +123,14 @@ impl VoteCache {
         }
     }
 
-    /// Handles a finalize: the first one of a decision pops the cached votes and returns the
-    /// decision; repeats return `None`. A passed finalize after a failed one still counts.
-    pub fn on_finalize(
-        &mut self,
-        f: FinalizeMessage,
-        now: Now,
-        c: &mut Counters,
-    ) -> Option<Decision> {
+    /// Handles a finalize. The first one of a decision starts the vote grace; the decision
+    /// is reported by [`VoteCache::tick`] once it is over, with every vote cached by then.
+    /// Repeats are counted and ignored. A passed finalize after a failed one still counts.
+    pub fn on_finalize(&mut self, f: FinalizeMessage, now: Now, c: &mut Counters) {
         let id = f.proposal.id.clone();
         if id.is_empty() {
             c.invalid_messages += 1;
-            return None;
+            return;
         }
         if self
             .finalized
@@ -135,7 +138,7 @@ impl VoteCache {
             .is_some_and(|passed| *passed || !f.passed)
         {
             c.duplicate_finalizes += 1;
-            return None;
+            return;
         }
         if self.finalized.insert(id.clone(), f.passed).is_none() {
             self.finalized_order.push_back((now, id.clone()));
@@ -146,24 +149,47 @@ impl VoteCache {
         } else {
             c.decisions_failed += 1;
         }
-        let entry = self.entries.remove(&id);
-        Some(Decision {
+        self.closing.insert(id, (after(now, self.grace), f, now));
+    }
+
+    /// Removes and returns what is cached for a proposal (the durable path, which reads
+    /// finalizes from a stream instead of [`VoteCache::on_finalize`]).
+    pub fn take(&mut self, id: &str) -> Option<(Option<Proposal>, BTreeMap<String, bool>)> {
+        self.entries.remove(id).map(|e| (e.proposal, e.votes))
+    }
+
+    fn report(&mut self, f: FinalizeMessage, received: Now) -> Decision {
+        let entry = self.entries.remove(&f.proposal.id);
+        Decision {
             finalizer: f.finalizer().to_string(),
             passed: f.passed,
             decided_at: f.decided_at,
             by_self: false,
             applied: false,
-            latency: entry.as_ref().map(|e| elapsed(e.created_at, now)),
+            latency: entry.as_ref().map(|e| elapsed(e.created_at, received)),
             tally: None,
             votes: entry.map(|e| e.votes),
             proposal: f.proposal,
-        })
+        }
     }
 
-    /// Drops entries older than the lifetime (local time) and forgets old decisions.
-    pub fn tick(&mut self, now: Now, c: &mut Counters) {
+    /// Reports decisions whose vote grace is over; every 30 s drops entries older than the
+    /// lifetime (local time) and forgets old decisions.
+    pub fn tick(&mut self, now: Now, c: &mut Counters) -> Vec<Decision> {
+        let due: Vec<String> = self
+            .closing
+            .iter()
+            .filter(|(_, (at, _, _))| *at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            if let Some((_, f, received)) = self.closing.remove(&id) {
+                out.push(self.report(f, received));
+            }
+        }
         if self.next_janitor.is_some_and(|at| at > now) {
-            return;
+            return out;
         }
         self.next_janitor = Some(after(now, self.janitor_interval));
         let ttl = self.ttl;
@@ -180,11 +206,13 @@ impl VoteCache {
                 self.finalized.remove(&id);
             }
         }
+        out
     }
 
     /// When [`VoteCache::tick`] is next needed.
     pub fn next_deadline(&self) -> Option<Now> {
-        self.next_janitor
+        let closing = self.closing.values().map(|(at, _, _)| *at).min();
+        [self.next_janitor, closing].into_iter().flatten().min()
     }
 
     /// Number of cached entries.

@@ -69,6 +69,11 @@ pub struct CoreConfig {
     pub max_nodes: usize,
     /// Cap on remembered decided proposal IDs.
     pub max_decided: usize,
+    /// Collator: how long after the first finalize of a decision its votes are still
+    /// collected before the decision is reported (500 ms). Votes and finalizes travel on
+    /// different subjects, so a voter's vote can be handled after its own finalize.
+    #[serde(with = "humantime_serde_compat")]
+    pub collator_vote_grace: Duration,
 }
 
 impl Default for CoreConfig {
@@ -95,6 +100,7 @@ impl Default for CoreConfig {
             max_pending_buckets: 50_000,
             max_nodes: 1_024,
             max_decided: 200_000,
+            collator_vote_grace: Duration::from_millis(500),
         }
     }
 }

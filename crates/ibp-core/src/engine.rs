@@ -151,10 +151,8 @@ impl Engine {
                     .heard(&finalizer, true, sent_at(&f.decided_at), now, c, &mut out);
                 if let Some(cons) = &mut self.consensus {
                     cons.on_finalize(f, now, c, &mut out);
-                } else if let Some(cache) = &mut self.cache
-                    && let Some(d) = cache.on_finalize(f, now, c)
-                {
-                    out.push(Effect::Decided(d));
+                } else if let Some(cache) = &mut self.cache {
+                    cache.on_finalize(f, now, c);
                 }
             }
         }
@@ -177,7 +175,7 @@ impl Engine {
             cons.tick(now, &self.membership, c, &mut out);
         }
         if let Some(cache) = &mut self.cache {
-            cache.tick(now, c);
+            out.extend(cache.tick(now, c).into_iter().map(Effect::Decided));
         }
         out
     }
@@ -274,6 +272,14 @@ impl Engine {
     /// Mutable consensus state, to restore persisted official results at start-up.
     pub fn consensus_mut(&mut self) -> Option<&mut Consensus> {
         self.consensus.as_mut()
+    }
+
+    /// Takes what the collator cached for a proposal (the durable finalize path).
+    pub fn take_cached(
+        &mut self,
+        id: &str,
+    ) -> Option<(Option<Proposal>, std::collections::BTreeMap<String, bool>)> {
+        self.cache.as_mut().and_then(|c| c.take(id))
     }
 
     /// The collator's vote cache (collators only).

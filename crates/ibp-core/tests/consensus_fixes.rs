@@ -259,11 +259,16 @@ mod collator {
             finalize(&proposal("A", "m1", "alpha", false, t0()), "m1", true),
             at(3),
         );
+        assert!(decided(&fx).is_empty(), "reported after the vote grace");
+        // m3's vote is handled just after its finalize: it still counts.
+        e.handle(vote("A", "m3", false), at(4));
+        let fx = advance(&mut e, at(600));
         let d = decided(&fx);
         assert_eq!(d.len(), 1);
         let votes = d[0].votes.clone().expect("cached");
         assert_eq!(votes.get("m1"), Some(&true));
         assert_eq!(votes.get("m2"), Some(&false));
+        assert_eq!(votes.get("m3"), Some(&false));
     }
 
     #[test]
@@ -273,13 +278,19 @@ mod collator {
         e.handle(Input::Proposal(p.clone()), t0());
         e.handle(vote("A", "m1", true), at(1));
         e.handle(vote("A", "m2", true), at(2));
-        let first = e.handle(finalize(&p, "m1", true), at(3));
-        assert_eq!(decided(&first)[0].votes.as_ref().map(|v| v.len()), Some(2));
+        e.handle(finalize(&p, "m1", true), at(3));
         for f in ["m2", "m3"] {
             assert!(decided(&e.handle(finalize(&p, f, true), at(4))).is_empty());
         }
+        let first = advance(&mut e, at(1000));
+        assert_eq!(decided(&first).len(), 1);
+        assert_eq!(decided(&first)[0].votes.as_ref().map(|v| v.len()), Some(2));
+        assert!(
+            decided(&advance(&mut e, secs(5))).is_empty(),
+            "reported once"
+        );
         assert_eq!(e.counters().duplicate_finalizes, 2);
-        assert!(e.handle(vote("A", "m3", true), at(5)).is_empty());
+        assert!(e.handle(vote("A", "m3", true), secs(6)).is_empty());
         assert_eq!(
             e.vote_cache().expect("collator").len(),
             0,
@@ -290,10 +301,11 @@ mod collator {
     #[test]
     fn a_finalize_for_an_uncached_proposal_has_no_votes() {
         let mut e = collator();
-        let fx = e.handle(
+        e.handle(
             finalize(&proposal("Z", "m1", "alpha", false, t0()), "m1", true),
             t0(),
         );
+        let fx = advance(&mut e, secs(1));
         assert_eq!(decided(&fx)[0].votes, None);
     }
 

@@ -126,6 +126,9 @@ pub struct RoleServices {
     pub restore_official: Vec<(Proposal, DateTime<Utc>)>,
     /// Monitor: local observations persisted before a restart (recorded, not proposed).
     pub restore_local: Vec<Observation>,
+    /// Collator: finalizes are consumed from a JetStream stream (see
+    /// [`Node::process_finalize`]); the core subscription only marks their senders heard.
+    pub finalize_durable: bool,
 }
 
 /// Why enabling a role failed.
@@ -610,6 +613,20 @@ impl Node {
         Ok(())
     }
 
+    /// Takes the proposal and votes the collator cached for `id` (the durable finalize
+    /// path reads finalizes from a stream, not from the core).
+    pub fn take_cached(
+        &self,
+        id: &str,
+    ) -> Option<(Option<Proposal>, std::collections::BTreeMap<String, bool>)> {
+        self.with_engine(|e, _| e.take_cached(id))
+    }
+
+    /// The collator's vote grace (see `CoreConfig::collator_vote_grace`).
+    pub fn vote_grace(&self) -> Duration {
+        self.inner.opts.core.collator_vote_grace
+    }
+
     /// Proposes again every local observation that differs from the official result.
     pub async fn reconcile(&self) {
         let fx = self.with_engine(|e, now| e.reconcile(now));
@@ -847,6 +864,10 @@ impl Node {
             let _ = tokio::time::timeout(grace, t).await;
         }
         self.inner.conn.close().await;
+        // Drop the sinks so the tasks persisting decisions see their channels close.
+        if let Ok(mut s) = self.inner.services.lock() {
+            *s = RoleServices::default();
+        }
         tracing::info!(node = %self.inner.id, "node shut down");
     }
 }

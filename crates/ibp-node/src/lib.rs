@@ -3,8 +3,18 @@
 //! * [`connection`] — the NATS connection manager (options, auth, state, subscriptions).
 //! * [`cluster`] — the [`cluster::Node`] handle: roles, membership and consensus at runtime.
 //! * [`collectors`] — usage and downtime fan-out and the answers to it.
+//! * [`roles`] — what each role does besides the protocol: storage, observations, hits,
+//!   outage records, hourly usage collection.
+//! * [`config`] / [`ibp_config`] — node configuration (Go files accepted as they are) and
+//!   the IBP member and service lists.
 //! * [`metrics`] — each node's own Prometheus registry.
+pub mod app;
 pub mod cluster;
 pub mod collectors;
+pub mod config;
 pub mod connection;
+pub mod demo;
+pub mod http;
+pub mod ibp_config;
 pub mod metrics;
+pub mod roles;

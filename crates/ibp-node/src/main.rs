@@ -1,7 +1,350 @@
-//! `ibp-node`: the daemon. (Commands arrive with the daemon work.)
-fn main() {
+//! `ibp-node`: the daemon an operator runs in the monitor, DNS or collator role, plus
+//! one-shot collectors and the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ibp_node::app::App;
+use ibp_node::cluster::{Node, NodeOptions, RoleServices};
+use ibp_node::collectors;
+use ibp_node::config::{FileConfig, NodeConfig, Overrides};
+use ibp_wire::{DowntimeRequest, NodeId, Role, UsageRequest, WireTime};
+
+#[derive(Parser)]
+#[command(
+    name = "ibp-node",
+    version,
+    about = "IBP GeoDNS node: monitor, DNS or collator role over NATS, wire-compatible with the Go nodes"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Ask every DNS node for usage and print the result as JSON.
+    Usage(UsageArgs),
+    /// Ask every monitor for downtime events and print the result as JSON.
+    Downtime(DowntimeArgs),
+    /// Validate a config file and print what the node would run with.
+    CheckConfig(CheckArgs),
+    /// Run a demo cluster (3 monitors, 2 DNS nodes, 1 collator) on a private nats-server.
+    Demo(ibp_node::demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file: a Go node config (Nats, Mysql, System, …) plus an optional IbpNode section.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Role: monitor, dns or collator (default: IbpNode.role, else monitor).
+    #[arg(long)]
+    role: Option<String>,
+    /// Node ID (default: Nats.NodeID). No spaces, dots, '*' or '>'.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// NATS server URLs, comma-separated (default: Nats.Url, else nats://127.0.0.1:4222).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// HTTP API listen address (default: IbpNode.http, else the role's Go API section, else 127.0.0.1:<6101|6100|9000>).
+    #[arg(long)]
+    http: Option<String>,
+    /// Database: sqlite://PATH (default, under WorkDir) or mysql://user:pass@host:port/db.
+    #[arg(long)]
+    db: Option<String>,
+    /// Working directory (default: System.WorkDir, else ./ibp-data).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Config file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Role to resolve for.
+    #[arg(long)]
+    role: Option<String>,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    /// NATS server URLs, comma-separated.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// NATS user.
+    #[arg(long, env = "IBP_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password (prefer the environment variable).
+    #[arg(long, env = "IBP_NATS_PASS", hide_env_values = true)]
+    nats_pass: Option<String>,
+    /// How long to wait for answers (e.g. 20s).
+    #[arg(long, default_value = "20s")]
+    timeout: String,
+    /// Node ID this tool uses on the bus (default ibp-cli-<pid>).
+    #[arg(long)]
+    node_id: Option<String>,
+}
+
+#[derive(Args)]
+struct UsageArgs {
+    #[command(flatten)]
+    bus: FanoutArgs,
+    /// First day, YYYY-MM-DD (default: today, UTC).
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day, YYYY-MM-DD, inclusive (default: --from).
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only this member.
+    #[arg(long)]
+    member: Option<String>,
+    /// Only this country code.
+    #[arg(long)]
+    country: Option<String>,
+    /// Also print totals merged across nodes.
+    #[arg(long)]
+    aggregate: bool,
+}
+
+#[derive(Args)]
+struct DowntimeArgs {
+    #[command(flatten)]
+    bus: FanoutArgs,
+    /// Window start, RFC 3339.
+    #[arg(long)]
+    from: String,
+    /// Window end, RFC 3339.
+    #[arg(long)]
+    to: String,
+    /// Only this member.
+    #[arg(long)]
+    member: Option<String>,
+}
+
+fn init_logs(format: Option<LogFormat>, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        Some(LogFormat::Json) => builder.json().flatten_event(true).try_init(),
+        _ => builder.compact().try_init(),
+    };
+}
+
+fn go_level(level: Option<&str>) -> String {
+    match level.map(|l| l.to_ascii_lowercase()) {
+        Some(l) if l == "debug" => "info,ibp_node=debug,ibp_core=debug".into(),
+        Some(l) if l == "warn" || l == "warning" => "warn".into(),
+        Some(l) if l == "error" => "error".into(),
+        _ => "info".into(),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(args: RunArgs, format: Option<LogFormat>) -> Result<()> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let overrides = Overrides {
+        role: args.role,
+        node_id: args.node_id,
+        nats_url: args.nats_url,
+        http: args.http,
+        db: args.db,
+        work_dir: args.work_dir,
+    };
+    let cfg = NodeConfig::resolve(&file, &overrides)?;
+    let format = format.or(match cfg.log_format.as_deref() {
+        Some("json") => Some(LogFormat::Json),
+        _ => None,
+    });
+    init_logs(format, &go_level(cfg.log_level.as_deref()));
+    if cfg.db.starts_with("sqlite:") {
+        std::fs::create_dir_all(&cfg.work_dir)
+            .with_context(|| format!("cannot create WorkDir {}", cfg.work_dir.display()))?;
+    }
+    let app = App::start(cfg).await?;
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    let t = std::time::Instant::now();
+    app.shutdown().await;
+    tracing::info!(ms = t.elapsed().as_millis() as u64, "stopped");
+    Ok(())
+}
+
+/// A short-lived node that learns the cluster, for the one-shot collectors.
+async fn cli_node(bus: &FanoutArgs, target: Role) -> Result<(Node, Duration)> {
+    let timeout = ibp_core::parse_duration(&bus.timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
+    let id = bus
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("ibp-cli-{}", std::process::id()));
+    let id = NodeId::new(id).map_err(|e| anyhow!("--node-id: {e}"))?;
+    let mut opts = NodeOptions::new(id, bus.nats_url.clone());
+    opts.connect.user = bus.nats_user.clone();
+    opts.connect.password = bus.nats_pass.clone();
+    let node = Node::connect(opts).await?;
+    // The collator role is the one that asks; it announces itself and leaves cleanly after.
+    node.enable(Role::Collator, RoleServices::default()).await?;
+    if !node.wait_for_active(target, 1, timeout).await {
+        node.shutdown(Duration::from_secs(1)).await;
+        bail!(
+            "no active {} node answered within {timeout:?}",
+            target.short_name()
+        );
+    }
+    // Joins keep arriving for a round trip or two; wait until the view is quiet.
+    loop {
+        let seen = node.handled();
+        if !node
+            .wait_until(|n| n.handled() != seen, Duration::from_millis(400))
+            .await
+        {
+            break;
+        }
+    }
+    Ok((node, timeout))
+}
+
+async fn usage(a: UsageArgs) -> Result<()> {
+    init_logs(None, "warn");
+    let today = chrono::Utc::now()
+        .date_naive()
+        .format("%Y-%m-%d")
+        .to_string();
+    let from = a.from.clone().unwrap_or(today);
+    let req = UsageRequest {
+        start_date: from.clone(),
+        end_date: a.to.clone().unwrap_or(from),
+        domain: a.domain.unwrap_or_default(),
+        member_name: a.member.unwrap_or_default(),
+        country: a.country.unwrap_or_default(),
+    };
+    req.date_range().map_err(|e| anyhow!("--from/--to: {e}"))?;
+    let (node, timeout) = cli_node(&a.bus, Role::Dns).await?;
+    let r = collectors::request_all_dns_usage(&node, &req, timeout).await;
+    node.shutdown(Duration::from_secs(1)).await;
+    let report = r?;
+    let mut out = serde_json::to_value(&report)?;
+    if a.aggregate {
+        out["aggregated"] = serde_json::to_value(collectors::aggregate_usage(&report.records))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn downtime(a: DowntimeArgs) -> Result<()> {
+    init_logs(None, "warn");
+    let start = WireTime::parse(&a.from).map_err(|e| anyhow!("--from: {e}"))?;
+    let end = WireTime::parse(&a.to).map_err(|e| anyhow!("--to: {e}"))?;
+    let req = DowntimeRequest {
+        start_time: start,
+        end_time: end,
+        member_name: a.member.unwrap_or_default(),
+    };
+    let (node, timeout) = cli_node(&a.bus, Role::Monitor).await?;
+    let r = collectors::request_all_monitors_downtime(&node, &req, timeout).await;
+    node.shutdown(Duration::from_secs(1)).await;
+    println!("{}", serde_json::to_string_pretty(&r?)?);
+    Ok(())
+}
+
+fn check_config(a: CheckArgs) -> Result<()> {
+    let file = FileConfig::load(&a.config)?;
+    let cfg = NodeConfig::resolve(
+        &file,
+        &Overrides {
+            role: a.role,
+            ..Overrides::default()
+        },
+    )?;
+    println!("{cfg:#?}");
     println!(
-        "ibp-node {}: the demo arrives with the node daemon",
-        env!("CARGO_PKG_VERSION")
+        "checks: {}",
+        cfg.checks
+            .iter()
+            .map(|c| format!(
+                "{} ({}, {})",
+                c.name,
+                c.check_type,
+                if c.enabled { "enabled" } else { "disabled" }
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ibp-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.command {
+            Command::Run(a) => run(a, cli.log_format).await,
+            Command::Usage(a) => usage(a).await,
+            Command::Downtime(a) => downtime(a).await,
+            Command::CheckConfig(a) => check_config(a),
+            Command::Demo(a) => ibp_node::demo::run(a).await.map_err(|e| anyhow!(e)),
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ibp-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

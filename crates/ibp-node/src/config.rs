@@ -1,0 +1,693 @@
+//! Node configuration: the Go node config files as they are (`System`, `Nats`, `Mysql`,
+//! `Checks`, `MonitorApi`, …; keys matched case-insensitively like Go), plus this
+//! project's own section `IbpNode`. Every error names the field and the reason; secrets
+//! never appear in `Debug` output or logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ibp_core::CoreConfig;
+use ibp_wire::{NodeId, Role};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::connection::ConnectOptions;
+
+/// A configuration problem: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config {field}: {reason}")]
+pub struct ConfigError {
+    /// The field, as a path (`Nats.NodeID`, `IbpNode.collator.usage_timeout`).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn cerr(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Case-insensitive object lookup, as Go's JSON decoder matches keys.
+fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    let obj = v.as_object()?;
+    obj.get(key)
+        .or_else(|| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        })
+        .filter(|v| !v.is_null())
+}
+
+fn get_str(v: &Value, section: &str, key: &str) -> Result<Option<String>, ConfigError> {
+    match get(v, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(cerr(
+            format!("{section}.{key}"),
+            format!("expected a string, got {other}"),
+        )),
+    }
+}
+
+fn get_u64(v: &Value, section: &str, key: &str) -> Result<Option<u64>, ConfigError> {
+    match get(v, key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            cerr(
+                format!("{section}.{key}"),
+                format!("expected a non-negative integer, got {n}"),
+            )
+        }),
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
+            cerr(
+                format!("{section}.{key}"),
+                format!("expected a non-negative integer, got {s:?}"),
+            )
+        }),
+        Some(other) => Err(cerr(
+            format!("{section}.{key}"),
+            format!("expected a number, got {other}"),
+        )),
+    }
+}
+
+/// A check from the Go `Checks` list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckDef {
+    /// Check name (`ping`, `ssl`, `wss`, `ethrpc`).
+    pub name: String,
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// `site`, `domain` or `endpoint`.
+    pub check_type: ibp_wire::CheckType,
+    /// Timeout in seconds.
+    pub timeout: u64,
+    /// Minimum interval between runs, seconds.
+    pub minimum_interval: u64,
+    /// Check-specific options, untouched.
+    pub extra_options: Value,
+}
+
+/// This project's own section, `IbpNode`, in the same file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IbpSection {
+    /// `monitor`, `dns` or `collator`.
+    pub role: Option<String>,
+    /// HTTP API listen address (`127.0.0.1:6101`).
+    pub http: Option<String>,
+    /// Database URL (`sqlite://PATH` or `mysql://…`); overrides the `Mysql` section.
+    pub db: Option<String>,
+    /// Overrides `Nats.NodeID`.
+    pub node_id: Option<String>,
+    /// Public address announced in joins.
+    pub public_address: Option<String>,
+    /// Extra NATS options (TLS, NKey, credentials, timeouts); merged over `Nats`.
+    pub nats: Option<NatsExtra>,
+    /// Consensus rules and caps.
+    pub consensus: Option<CoreConfig>,
+    /// Collator settings.
+    pub collator: Option<CollatorSection>,
+    /// DNS settings.
+    pub dns: Option<DnsSection>,
+    /// Monitor settings.
+    pub monitor: Option<MonitorSection>,
+    /// Security settings (reserved for signed messages and trust lists).
+    pub security: Option<Value>,
+    /// Log format: `pretty` or `json`.
+    pub log_format: Option<String>,
+}
+
+/// Extra NATS options beyond the Go `Nats` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsExtra {
+    /// Token.
+    pub token: Option<String>,
+    /// NKey seed.
+    pub nkey_seed: Option<String>,
+    /// Credentials file.
+    pub credentials_file: Option<PathBuf>,
+    /// CA certificate.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key.
+    pub tls_key_file: Option<PathBuf>,
+    /// Require TLS.
+    pub tls_required: Option<bool>,
+    /// Reconnect delay (`2s`).
+    pub reconnect_delay: Option<String>,
+    /// Connect timeout (`10s`).
+    pub connect_timeout: Option<String>,
+    /// Ping interval (`200s`).
+    pub ping_interval: Option<String>,
+    /// Max outstanding pings (5).
+    pub max_pings_outstanding: Option<u32>,
+    /// Subscription buffer (1,048,576).
+    pub subscription_capacity: Option<usize>,
+}
+
+/// Collator settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollatorSection {
+    /// Capture `consensus.finalize` in a JetStream stream and consume it durably.
+    pub jetstream: bool,
+    /// Fan-out timeout of the hourly usage collection (`20s`).
+    pub usage_timeout: String,
+    /// Days backfilled at start-up (2).
+    pub backfill_days: u32,
+    /// Run the hourly collection (true).
+    pub hourly: bool,
+}
+
+impl Default for CollatorSection {
+    fn default() -> Self {
+        CollatorSection {
+            jetstream: false,
+            usage_timeout: "20s".into(),
+            backfill_days: 2,
+            hourly: true,
+        }
+    }
+}
+
+/// DNS settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// Flush period of the hit counters (`5m`).
+    pub flush_interval: String,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            flush_interval: "5m".into(),
+        }
+    }
+}
+
+/// Monitor settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorSection {
+    /// How often differing local results are proposed again (`30s`).
+    pub reconcile_interval: String,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            reconcile_interval: "30s".into(),
+        }
+    }
+}
+
+/// The parsed file (Go sections and ours), before flags.
+#[derive(Clone, Default)]
+pub struct FileConfig {
+    /// `System.WorkDir`.
+    pub work_dir: Option<PathBuf>,
+    /// `System.LogLevel`.
+    pub log_level: Option<String>,
+    /// `System.ConfigUrls`.
+    pub config_urls: BTreeMap<String, String>,
+    /// `System.ConfigReloadTime` (seconds).
+    pub config_reload: Option<Duration>,
+    /// `System.MinimumOfflineTime` (seconds).
+    pub minimum_offline: Option<Duration>,
+    /// `Nats.NodeID`.
+    pub nats_node_id: Option<String>,
+    /// `Nats.Url`.
+    pub nats_url: Option<String>,
+    /// `Nats.User`.
+    pub nats_user: Option<String>,
+    /// `Nats.Pass`.
+    pub nats_pass: Option<String>,
+    /// `Mysql` as a URL, when the section names a host.
+    pub mysql_url: Option<String>,
+    /// The API section of each role (`MonitorApi`, `DnsApi`, `CollatorApi`) as `addr:port`.
+    pub role_api: BTreeMap<Role, String>,
+    /// `Checks`.
+    pub checks: Vec<CheckDef>,
+    /// `IbpNode`.
+    pub ibp: IbpSection,
+}
+
+impl std::fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("work_dir", &self.work_dir)
+            .field("nats_node_id", &self.nats_node_id)
+            .field("nats_url", &self.nats_url)
+            .field("nats_user", &self.nats_user)
+            .field("nats_pass", &self.nats_pass.as_ref().map(|_| "***"))
+            .field(
+                "mysql_url",
+                &self.mysql_url.as_deref().map(ibp_storage::redact_url),
+            )
+            .field("role_api", &self.role_api)
+            .field("checks", &self.checks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| cerr(path.display().to_string(), format!("cannot read: {e}")))?;
+        FileConfig::parse(&text).map_err(|e| ConfigError {
+            field: format!("{}: {}", path.display(), e.field),
+            reason: e.reason,
+        })
+    }
+
+    /// Parses config text. Unknown sections are ignored, as the Go nodes do.
+    pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| cerr("(file)", format!("not valid JSON: {e}")))?;
+        if !root.is_object() {
+            return Err(cerr("(file)", "expected a JSON object at the top level"));
+        }
+        let mut c = FileConfig::default();
+        if let Some(sys) = get(&root, "System") {
+            c.work_dir = get_str(sys, "System", "WorkDir")?
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from);
+            c.log_level = get_str(sys, "System", "LogLevel")?;
+            if let Some(urls) = get(sys, "ConfigUrls") {
+                let obj = urls
+                    .as_object()
+                    .ok_or_else(|| cerr("System.ConfigUrls", "expected an object of name → URL"))?;
+                for (k, v) in obj {
+                    match v {
+                        Value::String(s) => {
+                            c.config_urls.insert(k.clone(), s.clone());
+                        }
+                        Value::Null => {}
+                        other => {
+                            return Err(cerr(
+                                format!("System.ConfigUrls.{k}"),
+                                format!("expected a URL string, got {other}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            c.config_reload = get_u64(sys, "System", "ConfigReloadTime")?.map(Duration::from_secs);
+            c.minimum_offline =
+                get_u64(sys, "System", "MinimumOfflineTime")?.map(Duration::from_secs);
+        }
+        if let Some(n) = get(&root, "Nats") {
+            c.nats_node_id = get_str(n, "Nats", "NodeID")?;
+            c.nats_url = get_str(n, "Nats", "Url")?.filter(|s| !s.is_empty());
+            c.nats_user = get_str(n, "Nats", "User")?.filter(|s| !s.is_empty());
+            c.nats_pass = get_str(n, "Nats", "Pass")?.filter(|s| !s.is_empty());
+        }
+        if let Some(m) = get(&root, "Mysql") {
+            let host = get_str(m, "Mysql", "Host")?.unwrap_or_default();
+            if !host.is_empty() {
+                let port = get_str(m, "Mysql", "Port")?
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "3306".into());
+                if port.parse::<u16>().is_err() {
+                    return Err(cerr("Mysql.Port", format!("{port:?} is not a port number")));
+                }
+                let user = get_str(m, "Mysql", "User")?.unwrap_or_default();
+                let pass = get_str(m, "Mysql", "Pass")?.unwrap_or_default();
+                let db = get_str(m, "Mysql", "DB")?.unwrap_or_default();
+                if db.is_empty() {
+                    return Err(cerr(
+                        "Mysql.DB",
+                        "a database name is required when Mysql.Host is set",
+                    ));
+                }
+                let auth = match (user.is_empty(), pass.is_empty()) {
+                    (true, _) => String::new(),
+                    (false, true) => format!("{}@", pct(&user)),
+                    (false, false) => format!("{}:{}@", pct(&user), pct(&pass)),
+                };
+                c.mysql_url = Some(format!("mysql://{auth}{host}:{port}/{db}"));
+            }
+        }
+        for (role, section) in [
+            (Role::Monitor, "MonitorApi"),
+            (Role::Dns, "DnsApi"),
+            (Role::Collator, "CollatorApi"),
+        ] {
+            if let Some(api) = get(&root, section) {
+                let addr =
+                    get_str(api, section, "ListenAddress")?.unwrap_or_else(|| "0.0.0.0".into());
+                if let Some(port) = get_str(api, section, "ListenPort")? {
+                    port.parse::<u16>().map_err(|_| {
+                        cerr(
+                            format!("{section}.ListenPort"),
+                            format!("{port:?} is not a port number"),
+                        )
+                    })?;
+                    c.role_api.insert(role, format!("{addr}:{port}"));
+                }
+            }
+        }
+        if let Some(checks) = get(&root, "Checks") {
+            let arr = checks
+                .as_array()
+                .ok_or_else(|| cerr("Checks", "expected an array"))?;
+            for (i, ch) in arr.iter().enumerate() {
+                let sec = format!("Checks[{i}]");
+                let name = get_str(ch, &sec, "Name")?
+                    .ok_or_else(|| cerr(format!("{sec}.Name"), "missing"))?;
+                let ty = get_str(ch, &sec, "CheckType")?.unwrap_or_default();
+                let check_type = ibp_wire::CheckType::parse(&ty).ok_or_else(|| {
+                    cerr(
+                        format!("{sec}.CheckType"),
+                        format!("{ty:?} is not site, domain or endpoint"),
+                    )
+                })?;
+                c.checks.push(CheckDef {
+                    name,
+                    enabled: get_u64(ch, &sec, "Enabled")?.unwrap_or(0) != 0,
+                    check_type,
+                    timeout: get_u64(ch, &sec, "Timeout")?.unwrap_or(30),
+                    minimum_interval: get_u64(ch, &sec, "MinimumInterval")?.unwrap_or(60),
+                    extra_options: get(ch, "ExtraOptions").cloned().unwrap_or(Value::Null),
+                });
+            }
+        }
+        if let Some(ibp) = get(&root, "IbpNode") {
+            c.ibp =
+                serde_json::from_value(ibp.clone()).map_err(|e| cerr("IbpNode", e.to_string()))?;
+        }
+        Ok(c)
+    }
+
+    /// The check named `name` of type `ty` (the reference lookup).
+    pub fn check(&self, name: &str, ty: ibp_wire::CheckType) -> Option<&CheckDef> {
+        self.checks
+            .iter()
+            .find(|c| c.name == name && c.check_type == ty)
+    }
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Command-line overrides (flags win over the file).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--role`.
+    pub role: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
+    /// `--nats-url`.
+    pub nats_url: Option<String>,
+    /// `--http`.
+    pub http: Option<String>,
+    /// `--db`.
+    pub db: Option<String>,
+    /// `--work-dir`.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// The resolved configuration a node runs with.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Role.
+    pub role: Role,
+    /// Node ID.
+    pub node_id: NodeId,
+    /// NATS options.
+    pub nats: ConnectOptions,
+    /// HTTP listen address.
+    pub http: std::net::SocketAddr,
+    /// Database URL.
+    pub db: String,
+    /// Working directory.
+    pub work_dir: PathBuf,
+    /// Public address announced in joins.
+    pub public_address: String,
+    /// Consensus rules.
+    pub core: CoreConfig,
+    /// Where members and services come from (`MembersConfig`, `ServicesConfig`, …).
+    pub config_urls: BTreeMap<String, String>,
+    /// Reload period of those.
+    pub config_reload: Duration,
+    /// `System.MinimumOfflineTime`.
+    pub minimum_offline: Duration,
+    /// Checks.
+    pub checks: Vec<CheckDef>,
+    /// Collator settings.
+    pub collator: CollatorSection,
+    /// Hourly usage fan-out timeout.
+    pub usage_timeout: Duration,
+    /// DNS hit flush period.
+    pub flush_interval: Duration,
+    /// Monitor reconcile period.
+    pub reconcile_interval: Duration,
+    /// Log level from the file (`RUST_LOG` wins).
+    pub log_level: Option<String>,
+    /// Log format from the file (the flag wins).
+    pub log_format: Option<String>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("role", &self.role)
+            .field("node_id", &self.node_id)
+            .field("nats", &self.nats.servers)
+            .field("http", &self.http)
+            .field("db", &ibp_storage::redact_url(&self.db))
+            .field("work_dir", &self.work_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
+    ibp_core::parse_duration(s).map_err(|e| cerr(field, e))
+}
+
+impl NodeConfig {
+    /// Resolves file + flags + defaults, validating everything.
+    pub fn resolve(file: &FileConfig, o: &Overrides) -> Result<NodeConfig, ConfigError> {
+        let ibp = &file.ibp;
+        let role_text = o
+            .role
+            .clone()
+            .or_else(|| ibp.role.clone())
+            .unwrap_or_else(|| "monitor".into());
+        let role: Role = role_text.parse().map_err(|e: ibp_wire::UnknownRole| {
+            cerr(
+                if o.role.is_some() {
+                    "--role"
+                } else {
+                    "IbpNode.role"
+                },
+                e.to_string(),
+            )
+        })?;
+        let (id_field, id) = if let Some(id) = &o.node_id {
+            ("--node-id", id.clone())
+        } else if let Some(id) = &ibp.node_id {
+            ("IbpNode.node_id", id.clone())
+        } else if let Some(id) = &file.nats_node_id {
+            ("Nats.NodeID", id.clone())
+        } else {
+            (
+                "--node-id",
+                format!("ibp-{}-{}", role.short_name(), std::process::id()),
+            )
+        };
+        let node_id = NodeId::new(id).map_err(|e| cerr(id_field, e.to_string()))?;
+        let mut nats = ConnectOptions {
+            servers: o
+                .nats_url
+                .clone()
+                .or_else(|| file.nats_url.clone())
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            user: file.nats_user.clone(),
+            password: file.nats_pass.clone(),
+            ..ConnectOptions::default()
+        };
+        if nats.user.is_some() != nats.password.is_some() {
+            return Err(cerr("Nats.User/Nats.Pass", "give both or neither"));
+        }
+        if let Some(x) = &ibp.nats {
+            nats.token = x.token.clone();
+            nats.nkey_seed = x.nkey_seed.clone();
+            nats.credentials_file = x.credentials_file.clone();
+            nats.tls_ca_file = x.tls_ca_file.clone();
+            nats.tls_cert_file = x.tls_cert_file.clone();
+            nats.tls_key_file = x.tls_key_file.clone();
+            nats.tls_required = x.tls_required.unwrap_or(false);
+            if let Some(d) = &x.reconnect_delay {
+                nats.reconnect_delay = duration("IbpNode.nats.reconnect_delay", d)?;
+            }
+            if let Some(d) = &x.connect_timeout {
+                nats.connect_timeout = duration("IbpNode.nats.connect_timeout", d)?;
+            }
+            if let Some(d) = &x.ping_interval {
+                nats.ping_interval = duration("IbpNode.nats.ping_interval", d)?;
+            }
+            if let Some(n) = x.max_pings_outstanding {
+                nats.max_pings_outstanding = n;
+            }
+            if let Some(n) = x.subscription_capacity {
+                if n == 0 {
+                    return Err(cerr(
+                        "IbpNode.nats.subscription_capacity",
+                        "must be positive",
+                    ));
+                }
+                nats.subscription_capacity = n;
+            }
+            if x.tls_cert_file.is_some() != x.tls_key_file.is_some() {
+                return Err(cerr(
+                    "IbpNode.nats.tls_cert_file/tls_key_file",
+                    "give both or neither",
+                ));
+            }
+        }
+        for url in nats
+            .servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                cerr(
+                    if o.nats_url.is_some() {
+                        "--nats-url"
+                    } else {
+                        "Nats.Url"
+                    },
+                    format!("{url:?}: {e}"),
+                )
+            })?;
+        }
+        let work_dir = o
+            .work_dir
+            .clone()
+            .or_else(|| file.work_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("ibp-data"));
+        let default_port = match role {
+            Role::Monitor => 6101,
+            Role::Dns => 6100,
+            Role::Collator => 9000,
+        };
+        let (http_field, http_text) = if let Some(h) = &o.http {
+            ("--http", h.clone())
+        } else if let Some(h) = &ibp.http {
+            ("IbpNode.http", h.clone())
+        } else if let Some(h) = file.role_api.get(&role) {
+            ("(role)Api.ListenAddress/ListenPort", h.clone())
+        } else {
+            ("--http", format!("127.0.0.1:{default_port}"))
+        };
+        let http = http_text.parse::<std::net::SocketAddr>().map_err(|_| {
+            cerr(
+                http_field,
+                format!("{http_text:?} is not an address like 127.0.0.1:6101"),
+            )
+        })?;
+        let (db_field, db) = if let Some(d) = &o.db {
+            ("--db", d.clone())
+        } else if let Some(d) = &ibp.db {
+            ("IbpNode.db", d.clone())
+        } else if let Some(d) = &file.mysql_url {
+            ("Mysql", d.clone())
+        } else {
+            (
+                "--db",
+                format!(
+                    "sqlite://{}",
+                    work_dir
+                        .join(format!("ibp-node-{}.db", role.short_name()))
+                        .display()
+                ),
+            )
+        };
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("mysql://")
+            || db.starts_with("mariadb://"))
+        {
+            return Err(cerr(
+                db_field,
+                format!(
+                    "{:?} is neither sqlite://PATH nor mysql://user:pass@host:port/db",
+                    ibp_storage::redact_url(&db)
+                ),
+            ));
+        }
+        let core = ibp.consensus.clone().unwrap_or_default();
+        core.validate()
+            .map_err(|e| cerr(format!("IbpNode.consensus.{}", e.field), e.reason))?;
+        let collator = ibp.collator.clone().unwrap_or_default();
+        let usage_timeout = duration("IbpNode.collator.usage_timeout", &collator.usage_timeout)?;
+        let dns = ibp.dns.clone().unwrap_or_default();
+        let flush_interval = duration("IbpNode.dns.flush_interval", &dns.flush_interval)?;
+        if flush_interval.is_zero() {
+            return Err(cerr("IbpNode.dns.flush_interval", "must be positive"));
+        }
+        let monitor = ibp.monitor.clone().unwrap_or_default();
+        let reconcile_interval = duration(
+            "IbpNode.monitor.reconcile_interval",
+            &monitor.reconcile_interval,
+        )?;
+        if reconcile_interval.is_zero() {
+            return Err(cerr(
+                "IbpNode.monitor.reconcile_interval",
+                "must be positive",
+            ));
+        }
+        if let Some(f) = &ibp.log_format
+            && f != "pretty"
+            && f != "json"
+        {
+            return Err(cerr(
+                "IbpNode.log_format",
+                format!("{f:?}: expected pretty or json"),
+            ));
+        }
+        Ok(NodeConfig {
+            role,
+            node_id,
+            nats,
+            http,
+            db,
+            work_dir,
+            public_address: ibp.public_address.clone().unwrap_or_default(),
+            core,
+            config_urls: file.config_urls.clone(),
+            config_reload: file
+                .config_reload
+                .unwrap_or(Duration::from_secs(3600))
+                .max(Duration::from_secs(1)),
+            minimum_offline: file.minimum_offline.unwrap_or(Duration::from_secs(30)),
+            checks: file.checks.clone(),
+            collator,
+            usage_timeout,
+            flush_interval,
+            reconcile_interval,
+            log_level: file.log_level.clone(),
+            log_format: ibp.log_format.clone(),
+        })
+    }
+}

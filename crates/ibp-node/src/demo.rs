@@ -1,0 +1,525 @@
+//! `ibp-node demo`: a whole cluster in one process on embedded defaults.
+//!
+//! It starts a private `nats-server` on a free loopback port, then 3 monitors, 2 DNS nodes
+//! and 1 collator (SQLite files in a temporary directory), with the real IBP member and
+//! service lists, and plays a script: a member's endpoint goes down as seen by 2 of the 3
+//! monitors, consensus marks it offline, it recovers, consensus marks it online; the DNS
+//! nodes count hits; the collator records the outage and collects usage.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ibp_core::{CheckKey, Decision, Observation};
+use ibp_wire::{CheckType, Data, DowntimeRequest, Role, WireTime};
+
+use crate::app::App;
+use crate::collectors;
+use crate::config::{FileConfig, NodeConfig, Overrides};
+use crate::ibp_config::{IbpConfig, SharedIbpConfig, host_of};
+use crate::roles::Hit;
+
+/// The member list the demo is built from (public `ibp-network/config`, Apache-2.0).
+pub const MEMBERS_JSON: &str =
+    include_str!("../../../fixtures/ibp-config/members_professional.json");
+/// The service list the demo is built from.
+pub const SERVICES_JSON: &str = include_str!("../../../fixtures/ibp-config/services_rpc.json");
+
+/// Demo options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DemoArgs {
+    /// Leave the nodes running after the script (explore them with the HTTP API; Ctrl-C to stop).
+    #[arg(long)]
+    pub keep: bool,
+    /// The nats-server binary (default: NATS_SERVER_BIN, PATH, /usr/sbin).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// The member whose endpoint fails (default: the first member of the list).
+    #[arg(long)]
+    pub member: Option<String>,
+}
+
+struct Clock0(Instant);
+
+impl Clock0 {
+    fn say(&self, msg: impl AsRef<str>) {
+        println!(
+            "[{:>6.3}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
+    }
+}
+
+fn find_nats(explicit: &Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.clone())
+        } else {
+            Err(format!("--nats-server {}: no such file", p.display()))
+        };
+    }
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "nats-server not found. Install it (sudo apt-get install nats-server) or run ./run demo, which installs it.".to_string())
+}
+
+struct NatsChild {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for NatsChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nats(bin: &PathBuf, dir: &std::path::Path) -> Result<NatsChild, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let mut child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("jetstream"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let (tx, rx) = std_mpsc::channel();
+    if let Some(err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("Server is ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(()) => Ok(NatsChild { child, port }),
+        Err(_) => {
+            let _ = child.kill();
+            Err(format!("nats-server on port {port} did not become ready"))
+        }
+    }
+}
+
+fn node_config(
+    role: Role,
+    id: &str,
+    nats: &str,
+    dir: &std::path::Path,
+) -> Result<NodeConfig, String> {
+    let o = Overrides {
+        role: Some(role.short_name().to_string()),
+        node_id: Some(id.to_string()),
+        nats_url: Some(nats.to_string()),
+        http: Some("127.0.0.1:0".to_string()),
+        db: Some(format!(
+            "sqlite://{}",
+            dir.join(format!("{id}.db")).display()
+        )),
+        work_dir: Some(dir.to_path_buf()),
+    };
+    let mut cfg = NodeConfig::resolve(&FileConfig::default(), &o).map_err(|e| e.to_string())?;
+    cfg.collator.hourly = false;
+    cfg.collator.backfill_days = 0;
+    cfg.usage_timeout = Duration::from_secs(5);
+    cfg.reconcile_interval = Duration::from_secs(5);
+    Ok(cfg)
+}
+
+async fn decision_for(
+    rx: &mut tokio::sync::broadcast::Receiver<Decision>,
+    key: &CheckKey,
+    status: bool,
+) -> Result<Decision, String> {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(d)
+                    if CheckKey::of(&d.proposal) == *key
+                        && d.proposal.proposed_status == status =>
+                {
+                    return Ok(d);
+                }
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => return Err(format!("decision stream closed: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .map_err(|_| format!("no decision on {key} within 10 s"))?
+}
+
+fn fmt_latency(d: &Decision) -> String {
+    d.latency
+        .map(|l| format!("{:.2} ms", l.as_secs_f64() * 1000.0))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    let t = Clock0(Instant::now());
+    let bin = find_nats(&args.nats_server)?;
+    let dir = tempfile::Builder::new()
+        .prefix("ibp-demo-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let nats = start_nats(&bin, dir.path())?;
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    t.say(format!(
+        "nats-server ready at {url} (work dir {})",
+        dir.path().display()
+    ));
+
+    let ibp = IbpConfig::parse(MEMBERS_JSON, SERVICES_JSON)?;
+    let member = match &args.member {
+        Some(m) => ibp
+            .member(m)
+            .ok_or_else(|| format!("--member {m:?} is not in the member list"))?
+            .name
+            .clone(),
+        None => ibp
+            .members
+            .keys()
+            .next()
+            .cloned()
+            .ok_or("the member list is empty")?,
+    };
+    let (service, endpoint) = ibp
+        .member_endpoints(&member)
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("member {member} serves no endpoint"))?;
+    let domain = host_of(&endpoint).unwrap_or_default();
+    t.say(format!(
+        "IBP config: {} members, {} services; the script breaks {member}'s {service} endpoint {endpoint}",
+        ibp.members.len(),
+        ibp.services.len()
+    ));
+    let shared = SharedIbpConfig::fixed(ibp);
+
+    let mut apps: Vec<App> = Vec::new();
+    let layout = [
+        (Role::Monitor, "monitor-1"),
+        (Role::Monitor, "monitor-2"),
+        (Role::Monitor, "monitor-3"),
+        (Role::Dns, "dns-1"),
+        (Role::Dns, "dns-2"),
+        (Role::Collator, "collator-1"),
+    ];
+    for (role, id) in layout {
+        let cfg = node_config(role, id, &url, dir.path())?;
+        let app = App::start_with(
+            cfg,
+            std::sync::Arc::new(crate::cluster::SystemClock),
+            Some(shared.clone()),
+        )
+        .await
+        .map_err(|e| format!("{id}: {e}"))?;
+        apps.push(app);
+    }
+    for a in &apps {
+        let ok = a
+            .node
+            .wait_for_active(Role::Monitor, 3, Duration::from_secs(10))
+            .await
+            && a.node
+                .wait_for_active(Role::Dns, 2, Duration::from_secs(10))
+                .await;
+        if !ok {
+            return Err(format!("{} did not see the whole cluster", a.node.id()));
+        }
+    }
+    t.say("cluster formed: 3 monitors, 2 DNS nodes, 1 collator (every node sees every other)");
+    for a in &apps {
+        t.say(format!(
+            "  {:<11} {:<9} http://{}",
+            a.node.id().as_str(),
+            a.node.role().map(|r| r.short_name()).unwrap_or(""),
+            a.http_addr
+        ));
+    }
+
+    let key = CheckKey::new(
+        CheckType::Endpoint,
+        "wss",
+        member.clone(),
+        domain.clone(),
+        endpoint.clone(),
+        false,
+    );
+    let obs = |status: bool, err: &str| Observation {
+        key: key.clone(),
+        status,
+        error_text: err.to_string(),
+        data: Data::from_value(
+            &serde_json::json!({"Network": service, "PeerCount": if status { 24 } else { 0 }}),
+        ),
+    };
+    let (m1, m2, m3) = (&apps[0], &apps[1], &apps[2]);
+    // The proposer's view: its latency runs from publishing the proposal to deciding.
+    let mut watch = m1.node.decisions();
+    let mut decisions = Vec::new();
+
+    // Baseline: everyone sees the endpoint up; the first observation makes it official.
+    for m in [m2, m3] {
+        m.monitor
+            .as_ref()
+            .ok_or("monitor")?
+            .observe(&m.node, vec![obs(true, "")])
+            .await
+            .ok();
+    }
+    m1.monitor
+        .as_ref()
+        .ok_or("monitor")?
+        .observe(&m1.node, vec![obs(true, "")])
+        .await?;
+    let d = decision_for(&mut watch, &key, true).await?;
+    t.say(format!(
+        "baseline: consensus marks the endpoint ONLINE ({} agree, {})",
+        d.votes
+            .as_ref()
+            .map(|v| v.values().filter(|a| **a).count())
+            .unwrap_or(0),
+        fmt_latency(&d)
+    ));
+
+    // The outage: monitors 1 and 2 see it down, monitor 3 still sees it up.
+    t.say(format!(
+        "{member}'s endpoint fails: monitor-1 and monitor-2 see it down, monitor-3 still sees it up"
+    ));
+    // monitor-2's check result is recorded first, so it agrees when monitor-1 proposes.
+    m2.node
+        .set_local(obs(false, "connection refused"))
+        .await
+        .map_err(|e| e.to_string())?;
+    m1.monitor
+        .as_ref()
+        .ok_or("monitor")?
+        .observe(&m1.node, vec![obs(false, "connection refused")])
+        .await?;
+    let d_off = decision_for(&mut watch, &key, false).await?;
+    t.say(format!(
+        "consensus: OFFLINE passed={} (2 of 3 monitors agree) in {}",
+        d_off.passed,
+        fmt_latency(&d_off)
+    ));
+    decisions.push(("offline", d_off.clone()));
+    for m in [m1, m2, m3] {
+        let st = m
+            .node
+            .official()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, o)| o.status);
+        if st != Some(false) {
+            // The other monitors' finalizes are a round trip away; wait for them.
+            let ok = m
+                .node
+                .wait_until(
+                    |n| n.official().iter().any(|(k, o)| *k == key && !o.status),
+                    Duration::from_secs(5),
+                )
+                .await;
+            if !ok {
+                return Err(format!(
+                    "{} did not apply the offline decision",
+                    m.node.id()
+                ));
+            }
+        }
+    }
+    t.say("every monitor's official result: OFFLINE (Go DNS nodes polling /results would stop answering with it)");
+
+    // DNS traffic.
+    let countries = [
+        ("DE", "Germany"),
+        ("FR", "France"),
+        ("US", "United States"),
+        ("JP", "Japan"),
+    ];
+    let mut sent = Vec::new();
+    for (i, app) in apps[3..5].iter().enumerate() {
+        let dns = app.dns.as_ref().ok_or("dns")?;
+        let mut total = 0;
+        for (j, (cc, cn)) in countries.iter().enumerate() {
+            let hits = ((i + 1) * 100 + j * 37) as i64;
+            total += hits;
+            dns.record_dns_hit(&Hit {
+                date: None,
+                domain: domain.clone(),
+                member: member.clone(),
+                country_code: cc.to_string(),
+                country_name: cn.to_string(),
+                asn: format!("AS{}", 3320 + j),
+                network: "Demo Net".into(),
+                is_ipv6: j % 2 == 1,
+                hits: Some(hits),
+            });
+        }
+        dns.flush().await.map_err(|e| e.to_string())?;
+        sent.push((app.node.id().to_string(), total));
+        t.say(format!(
+            "{} answered {total} queries for {domain} and flushed its counters",
+            app.node.id()
+        ));
+    }
+
+    // Recovery.
+    t.say("the endpoint recovers: monitor-1 and monitor-2 see it up again");
+    m2.node
+        .set_local(obs(true, ""))
+        .await
+        .map_err(|e| e.to_string())?;
+    m1.monitor
+        .as_ref()
+        .ok_or("monitor")?
+        .observe(&m1.node, vec![obs(true, "")])
+        .await?;
+    let d_on = decision_for(&mut watch, &key, true).await?;
+    t.say(format!(
+        "consensus: ONLINE passed={} in {}",
+        d_on.passed,
+        fmt_latency(&d_on)
+    ));
+    decisions.push(("online", d_on.clone()));
+
+    // The collator's outage record.
+    let collator = &apps[5];
+    let cstore = collator
+        .collator
+        .as_ref()
+        .ok_or("collator")?
+        .store()
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let outage = loop {
+        let evs = cstore.all_events().await.map_err(|e| e.to_string())?;
+        if let Some(e) = evs
+            .iter()
+            .find(|e| e.member_name == member && e.end_time.is_some())
+        {
+            break e.clone();
+        }
+        if Instant::now() > deadline {
+            return Err("the collator did not record the outage".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    t.say(format!(
+        "collator recorded the outage: {} → {}",
+        outage.start_time,
+        outage.end_time.map(|e| e.to_string()).unwrap_or_default()
+    ));
+
+    // Usage collection and a downtime fan-out.
+    let today = Utc::now().date_naive();
+    let report = collator
+        .collator
+        .as_ref()
+        .ok_or("collator")?
+        .collect(&collator.node, today, today)
+        .await?;
+    t.say(format!(
+        "collator collected usage from {} DNS nodes ({} rows)",
+        report.answered.len(),
+        report.stored
+    ));
+    let req = DowntimeRequest {
+        start_time: WireTime::from_utc(Utc::now() - chrono::TimeDelta::hours(1)),
+        end_time: WireTime::from_utc(Utc::now()),
+        member_name: member.clone(),
+    };
+    let dt =
+        collectors::request_all_monitors_downtime(&collator.node, &req, Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+    t.say(format!(
+        "downtime fan-out: {} monitors answered, {} events",
+        dt.answered.len(),
+        dt.records.len()
+    ));
+
+    println!();
+    println!("=== summary ===");
+    println!("decisions on {key}:");
+    for (what, d) in &decisions {
+        println!(
+            "  {what:<8} passed={} decided by {} in {} (proposal {})",
+            d.passed,
+            d.finalizer,
+            fmt_latency(d),
+            d.proposal.id
+        );
+    }
+    println!(
+        "outage recorded by the collator: start {} end {} votes {}",
+        outage.start_time,
+        outage.end_time.map(|e| e.to_string()).unwrap_or_default(),
+        outage.vote_data.clone().unwrap_or(serde_json::Value::Null)
+    );
+    println!("usage collected per DNS node (today):");
+    for (node, hits) in &report.hits_by_node {
+        let expected = sent
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, h)| *h)
+            .unwrap_or(0);
+        println!("  {node:<8} {hits} hits (counted {expected})");
+    }
+    for (node, expected) in &sent {
+        if report.hits_by_node.get(node) != Some(expected) {
+            return Err(format!(
+                "usage of {node} collected wrong: expected {expected}"
+            ));
+        }
+    }
+    println!("total time {:.2} s", t.0.elapsed().as_secs_f64());
+
+    if args.keep {
+        println!();
+        println!("--keep: the nodes keep running. Try:");
+        for a in &apps {
+            println!(
+                "  curl -s http://{}/v1/cluster   ({} {})",
+                a.http_addr,
+                a.node.id(),
+                a.node.role().map(|r| r.short_name()).unwrap_or("")
+            );
+        }
+        println!("  curl -s http://{}/results", apps[0].http_addr);
+        println!("  curl -s http://{}/v1/events", apps[5].http_addr);
+        println!(
+            "  curl -s -XPOST http://{}/v1/observations -d '{{\"checkType\":\"site\",\"checkName\":\"ping\",\"memberName\":\"{member}\",\"isIPv6\":false,\"status\":false}}'",
+            apps[0].http_addr
+        );
+        println!("Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    for a in apps {
+        a.shutdown().await;
+    }
+    drop(nats);
+    Ok(())
+}

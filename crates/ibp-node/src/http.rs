@@ -1,0 +1,520 @@
+//! The HTTP API every role serves: health, cluster, proposals, results, metrics, and the
+//! role-specific inputs (observations, DNS hits, usage collection).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use chrono::{DateTime, NaiveDate, Utc};
+use ibp_core::{CheckKey, Observation};
+use ibp_wire::{CheckType, Data, Role};
+use serde_json::{Value, json};
+
+use crate::cluster::Node;
+use crate::connection::StateKind;
+use crate::roles::{CollatorService, DnsService, Hit, MonitorService, results_snapshot};
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Node,
+    /// Monitor services (monitor role).
+    pub monitor: Option<MonitorService>,
+    /// DNS services (DNS role).
+    pub dns: Option<DnsService>,
+    /// Collator services (collator role).
+    pub collator: Option<CollatorService>,
+}
+
+/// Most observations or hits accepted in one request.
+pub const MAX_BATCH: usize = 10_000;
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/proposals", get(proposals))
+        .route("/v1/official", get(official))
+        .route("/v1/local", get(local))
+        .route("/v1/events", get(events))
+        .route("/v1/usage", get(usage_totals))
+        .route("/results", any(results))
+        .route("/metrics", get(metrics))
+        .route("/v1/observations", post(observations))
+        .route("/v1/usage/hits", post(hits))
+        .route("/v1/usage/collect", post(collect))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn not_for_role(node: &Node, what: &str) -> Response {
+    let role = node.role().map(|r| r.short_name()).unwrap_or("none");
+    error(
+        StatusCode::NOT_FOUND,
+        format!("{what} is not served by a {role} node"),
+    )
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    let nats = match s.node.connection().state().state {
+        StateKind::Connected | StateKind::Reconnected if s.node.connection().is_connected() => {
+            "connected"
+        }
+        _ => "disconnected",
+    };
+    axum::Json(json!({
+        "nodeId": s.node.id().as_str(),
+        "role": s.node.role().map(|r| r.short_name()),
+        "nats": nats,
+        "server": s.node.connection().state().server,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+async fn cluster(State(s): State<AppState>) -> Response {
+    axum::Json(s.node.cluster()).into_response()
+}
+
+async fn proposals(State(s): State<AppState>) -> Response {
+    if s.node.role() == Some(Role::Dns) {
+        return not_for_role(&s.node, "/v1/proposals");
+    }
+    axum::Json(json!({ "proposals": s.node.proposals() })).into_response()
+}
+
+fn result_rows(s: &AppState, official: bool) -> Vec<Value> {
+    let rows: Vec<(CheckKey, Value)> = if official {
+        s.node
+            .official()
+            .into_iter()
+            .map(|(k, o)| {
+                let v = json!({"status": o.status, "errorText": o.proposal.error_text, "data": o.proposal.data.to_value(),
+                               "proposalId": o.proposal.id, "proposer": o.proposal.sender_node_id, "appliedAt": o.applied_at});
+                (k, v)
+            })
+            .collect()
+    } else {
+        s.node
+            .local()
+            .into_iter()
+            .map(|(k, l)| {
+                let v = json!({"status": l.status, "errorText": l.error_text, "data": l.data.to_value(), "observedAt": l.observed_at});
+                (k, v)
+            })
+            .collect()
+    };
+    rows.into_iter()
+        .map(|(k, mut v)| {
+            if let (Value::Object(m), Ok(Value::Object(key))) = (&mut v, serde_json::to_value(&k)) {
+                m.extend(key);
+            }
+            v
+        })
+        .collect()
+}
+
+async fn official(State(s): State<AppState>) -> Response {
+    if s.monitor.is_none() {
+        return not_for_role(&s.node, "/v1/official");
+    }
+    axum::Json(json!({ "results": result_rows(&s, true) })).into_response()
+}
+
+async fn local(State(s): State<AppState>) -> Response {
+    if s.monitor.is_none() {
+        return not_for_role(&s.node, "/v1/local");
+    }
+    axum::Json(json!({ "results": result_rows(&s, false) })).into_response()
+}
+
+/// The snapshot Go DNS nodes poll: official results if there are any, else local ones.
+async fn results(State(s): State<AppState>) -> Response {
+    if s.monitor.is_none() {
+        return not_for_role(&s.node, "/results");
+    }
+    let official: Vec<_> = s
+        .node
+        .official()
+        .into_iter()
+        .map(|(k, o)| {
+            (
+                k,
+                o.status,
+                o.proposal.error_text.clone(),
+                o.proposal.data.clone(),
+                o.applied_at,
+            )
+        })
+        .collect();
+    let (source, rows) = if !official.is_empty() {
+        ("official", official)
+    } else {
+        let local: Vec<_> = s
+            .node
+            .local()
+            .into_iter()
+            .map(|(k, l)| (k, l.status, l.error_text, l.data, l.observed_at))
+            .collect();
+        if local.is_empty() {
+            ("official", Vec::new())
+        } else {
+            ("local", local)
+        }
+    };
+    let mut resp = axum::Json(results_snapshot(&rows)).into_response();
+    resp.headers_mut()
+        .insert("X-IBP-Results-Source", HeaderValue::from_static(source));
+    resp
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    s.node.refresh_metrics();
+    let mut resp = s.node.metrics().encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// Parses a body that is one JSON object or an array of them.
+fn objects(body: &Bytes, what: &str) -> Result<Vec<serde_json::Map<String, Value>>, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let items = match v {
+        Value::Array(a) => a,
+        o @ Value::Object(_) => vec![o],
+        other => {
+            return Err(format!(
+                "body must be a JSON object or an array of {what}, got {}",
+                kind(&other)
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(format!("no {what} in the body"));
+    }
+    if items.len() > MAX_BATCH {
+        return Err(format!(
+            "{} {what} in one request; at most {MAX_BATCH}",
+            items.len()
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Object(m) => Ok(m),
+            other => Err(format!(
+                "{what}[{i}]: expected an object, got {}",
+                kind(&other)
+            )),
+        })
+        .collect()
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn field_str(
+    m: &serde_json::Map<String, Value>,
+    at: &str,
+    name: &str,
+    required: bool,
+) -> Result<String, String> {
+    match m.get(name) {
+        Some(Value::String(s)) if !s.trim().is_empty() || !required => Ok(s.trim().to_string()),
+        Some(Value::String(_)) => Err(format!("{at}.{name}: must not be empty")),
+        None | Some(Value::Null) if !required => Ok(String::new()),
+        None => Err(format!("{at}.{name}: missing")),
+        Some(other) => Err(format!(
+            "{at}.{name}: expected a string, got {}",
+            kind(other)
+        )),
+    }
+}
+
+fn field_bool(m: &serde_json::Map<String, Value>, at: &str, name: &str) -> Result<bool, String> {
+    match m.get(name) {
+        Some(Value::Bool(b)) => Ok(*b),
+        None => Err(format!("{at}.{name}: missing")),
+        Some(other) => Err(format!(
+            "{at}.{name}: expected a boolean, got {}",
+            kind(other)
+        )),
+    }
+}
+
+const OBSERVATION_FIELDS: [&str; 9] = [
+    "checkType",
+    "checkName",
+    "memberName",
+    "domainName",
+    "endpoint",
+    "isIPv6",
+    "status",
+    "errorText",
+    "data",
+];
+
+/// Validates one observation object.
+pub fn parse_observation(
+    m: &serde_json::Map<String, Value>,
+    at: &str,
+) -> Result<Observation, String> {
+    if let Some(k) = m.keys().find(|k| !OBSERVATION_FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "{at}.{k}: unknown field (expected {})",
+            OBSERVATION_FIELDS.join(", ")
+        ));
+    }
+    let ty = field_str(m, at, "checkType", true)?;
+    let check_type = match ty.as_str() {
+        "site" => CheckType::Site,
+        "domain" => CheckType::Domain,
+        "endpoint" => CheckType::Endpoint,
+        other => {
+            return Err(format!(
+                "{at}.checkType: {other:?} is not site, domain or endpoint"
+            ));
+        }
+    };
+    let check_name = field_str(m, at, "checkName", true)?;
+    let member = field_str(m, at, "memberName", true)?;
+    let domain = field_str(m, at, "domainName", check_type != CheckType::Site)?;
+    let endpoint = field_str(m, at, "endpoint", check_type == CheckType::Endpoint)?;
+    if check_type == CheckType::Site && (!domain.is_empty() || !endpoint.is_empty()) {
+        return Err(format!(
+            "{at}.domainName: site checks have no domain or endpoint"
+        ));
+    }
+    if check_type == CheckType::Domain && !endpoint.is_empty() {
+        return Err(format!("{at}.endpoint: domain checks have no endpoint"));
+    }
+    if !endpoint.is_empty() && !endpoint.contains("://") {
+        return Err(format!("{at}.endpoint: {endpoint:?} is not a URL"));
+    }
+    let is_ipv6 = field_bool(m, at, "isIPv6")?;
+    let status = field_bool(m, at, "status")?;
+    let error_text = field_str(m, at, "errorText", false)?;
+    let data = match m.get("data") {
+        None | Some(Value::Null) => Data::none(),
+        Some(v @ Value::Object(_)) => Data::from_value(v),
+        Some(other) => {
+            return Err(format!(
+                "{at}.data: expected an object, got {}",
+                kind(other)
+            ));
+        }
+    };
+    Ok(Observation {
+        key: CheckKey::new(check_type, check_name, member, domain, endpoint, is_ipv6),
+        status,
+        error_text,
+        data,
+    })
+}
+
+async fn observations(State(s): State<AppState>, body: Bytes) -> Response {
+    let Some(monitor) = &s.monitor else {
+        return not_for_role(&s.node, "POST /v1/observations");
+    };
+    let parsed = objects(&body, "observations").and_then(|items| {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, m)| parse_observation(m, &format!("observations[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let batch = match parsed {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match monitor.observe(&s.node, batch).await {
+        Ok(results) => {
+            let rs: Vec<Value> = results
+                .iter()
+                .enumerate()
+                .map(|(i, r)| json!({"index": i, "result": r}))
+                .collect();
+            (StatusCode::ACCEPTED, axum::Json(json!({ "results": rs }))).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn hits(State(s): State<AppState>, body: Bytes) -> Response {
+    let Some(dns) = &s.dns else {
+        return not_for_role(&s.node, "POST /v1/usage/hits");
+    };
+    let parsed = objects(&body, "hits").and_then(|items| {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let h: Hit = serde_json::from_value(Value::Object(m))
+                    .map_err(|e| format!("hits[{i}]: {e}"))?;
+                if h.domain.trim().is_empty() {
+                    return Err(format!("hits[{i}].domain: must not be empty"));
+                }
+                if h.hits.is_some_and(|n| n < 0) {
+                    return Err(format!("hits[{i}].hits: must not be negative"));
+                }
+                Ok(h)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    });
+    match parsed {
+        Ok(hs) => {
+            let n: i64 = hs.iter().map(|h| h.hits.unwrap_or(1)).sum();
+            for h in &hs {
+                dns.record_dns_hit(h);
+            }
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(
+                    json!({ "recorded": hs.len(), "hits": n, "pending": dns.pending_hits() }),
+                ),
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+fn parse_day(m: &serde_json::Map<String, Value>, name: &str) -> Result<NaiveDate, String> {
+    let s = field_str(m, "body", name, true)?;
+    NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+        .map_err(|_| format!("body.{name}: {s:?} is not a YYYY-MM-DD date"))
+}
+
+async fn collect(State(s): State<AppState>, body: Bytes) -> Response {
+    let Some(collator) = &s.collator else {
+        return not_for_role(&s.node, "POST /v1/usage/collect");
+    };
+    let range = objects(&body, "ranges").and_then(|items| {
+        let m = items.into_iter().next().unwrap_or_default();
+        let from = parse_day(&m, "from")?;
+        let to = parse_day(&m, "to")?;
+        if from > to {
+            return Err(format!("body.from {from} is after body.to {to}"));
+        }
+        if (to - from).num_days() > 366 {
+            return Err("body: at most 366 days at once".into());
+        }
+        Ok((from, to))
+    });
+    let (from, to) = match range {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match collator.collect(&s.node, from, to).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EventQuery {
+    member: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_time(
+    s: &Option<String>,
+    name: &str,
+    default: DateTime<Utc>,
+) -> Result<DateTime<Utc>, String> {
+    match s {
+        None => Ok(default),
+        Some(t) => ibp_wire::WireTime::parse(t)
+            .map(|w| w.instant())
+            .or_else(|_| {
+                NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                    .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+            })
+            .map_err(|_| format!("{name}: {t:?} is neither RFC 3339 nor YYYY-MM-DD")),
+    }
+}
+
+async fn events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Response {
+    let store = match (&s.monitor, &s.collator) {
+        (Some(m), _) => m.store().clone(),
+        (_, Some(c)) => c.store().clone(),
+        _ => return not_for_role(&s.node, "/v1/events"),
+    };
+    let now = Utc::now();
+    let range = parse_time(&q.from, "from", now - chrono::TimeDelta::days(7))
+        .and_then(|f| Ok((f, parse_time(&q.to, "to", now)?)));
+    let (from, to) = match range {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match store
+        .events_overlapping(q.member.as_deref().filter(|m| !m.is_empty()), from, to)
+        .await
+    {
+        Ok(evs) => axum::Json(json!({ "events": evs })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn usage_totals(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Response {
+    let store = match (&s.dns, &s.collator) {
+        (Some(d), _) => d.store().clone(),
+        (_, Some(c)) => c.store().clone(),
+        _ => return not_for_role(&s.node, "/v1/usage"),
+    };
+    let today = Utc::now().date_naive();
+    let day = |v: &Option<String>, name: &str| -> Result<NaiveDate, String> {
+        match v {
+            None => Ok(today),
+            Some(t) => NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .map_err(|_| format!("{name}: {t:?} is not YYYY-MM-DD")),
+        }
+    };
+    let range = day(&q.from, "from").and_then(|f| Ok((f, day(&q.to, "to")?)));
+    let (from, to) = match range {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match store.usage_totals_by_node(from, to).await {
+        Ok(t) => axum::Json(json!({ "from": from, "to": to, "hitsByNode": t.into_iter().collect::<std::collections::BTreeMap<_, _>>() })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Serves the API on `listener` until `stop` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await
+}
+
+/// How long a graceful HTTP shutdown may take.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
