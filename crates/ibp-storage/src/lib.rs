@@ -327,6 +327,22 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
+            // Create every table on one connection before the pool exists: a pooled
+            // connection that loaded the schema before an index was created can refuse
+            // upserts against it ("ON CONFLICT clause does not match"). A node's SQLite file
+            // is its own, so creating all its tables up front is harmless.
+            let boot = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone())
+                .await
+                .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, Some(Backend::Sqlite), &shown, e))?;
+            let boot = Store {
+                pool: Pool::Sqlite(boot),
+                backend: Backend::Sqlite,
+                usage_key_ok: Default::default(),
+            };
+            boot.migrate(&[Part::Usage, Part::Events, Part::Results]).await?;
+            boot.close().await;
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(opts)
