@@ -536,6 +536,7 @@ fn decision_without_votes(f: ibp_wire::FinalizeMessage) -> Decision {
 pub struct CollatorService {
     store: Store,
     usage_timeout: Duration,
+    recorded: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl CollatorService {
@@ -556,6 +557,7 @@ impl CollatorService {
         let me = CollatorService {
             store,
             usage_timeout,
+            recorded: Arc::new(tokio::sync::watch::channel(0).0),
         };
         let services = RoleServices {
             usage_push: Some(Arc::new(me.clone())),
@@ -598,6 +600,9 @@ impl CollatorService {
             proposal_id: p.id.clone(),
         };
         let change = self.store.record_decision(&w).await?;
+        if change != OutageChange::Duplicate {
+            self.recorded.send_modify(|n| *n += 1);
+        }
         match change {
             OutageChange::Opened(id) => {
                 tracing::warn!(member = %p.member_name, check = %CheckKey::of(p), event = id, "OFFLINE: outage opened")
@@ -608,6 +613,17 @@ impl CollatorService {
             _ => {}
         }
         Ok(Some(change))
+    }
+
+    /// Passed decisions newly recorded so far (repeats of a recorded decision not counted).
+    pub fn recorded(&self) -> u64 {
+        *self.recorded.borrow()
+    }
+
+    /// Waits until at least `n` passed decisions have been newly recorded.
+    pub async fn wait_recorded(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.recorded.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= n)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Records decisions from the node, in order; a failed write is retried until it
