@@ -623,7 +623,9 @@ impl CollatorService {
     /// Waits until at least `n` passed decisions have been newly recorded.
     pub async fn wait_recorded(&self, n: u64, timeout: Duration) -> bool {
         let mut rx = self.recorded.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= n)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Records decisions from the node, in order; a failed write is retried until it

@@ -15,7 +15,14 @@ use ibp_testkit::{NatsServer, ServerOptions, TestDatabase};
 use ibp_wire::{CheckType, NodeId, Role};
 
 fn key() -> CheckKey {
-    CheckKey::new(CheckType::Endpoint, "wss", "alpha", "rpc.alpha.io", "wss://rpc.alpha.io/polkadot", false)
+    CheckKey::new(
+        CheckType::Endpoint,
+        "wss",
+        "alpha",
+        "rpc.alpha.io",
+        "wss://rpc.alpha.io/polkadot",
+        false,
+    )
 }
 
 async fn monitors(url: &str, n: usize) -> Vec<Node> {
@@ -24,11 +31,16 @@ async fn monitors(url: &str, n: usize) -> Vec<Node> {
         let mut o = NodeOptions::new(NodeId::new(format!("monitor-{i}")).expect("id"), url);
         o.reconcile_interval = Duration::from_secs(3600);
         let node = Node::connect(o).await.expect("connect");
-        node.enable(Role::Monitor, RoleServices::default()).await.expect("enable");
+        node.enable(Role::Monitor, RoleServices::default())
+            .await
+            .expect("enable");
         out.push(node);
     }
     for m in &out {
-        assert!(m.wait_for_active(Role::Monitor, n, Duration::from_secs(20)).await);
+        assert!(
+            m.wait_for_active(Role::Monitor, n, Duration::from_secs(20))
+                .await
+        );
     }
     out
 }
@@ -36,11 +48,25 @@ async fn monitors(url: &str, n: usize) -> Vec<Node> {
 /// All monitors observe `status`; the first proposes; waits until every monitor applied it.
 async fn decide(ms: &[Node], status: bool) {
     for m in &ms[1..] {
-        m.set_local(Observation::new(key(), status)).await.expect("monitor");
+        m.set_local(Observation::new(key(), status))
+            .await
+            .expect("monitor");
     }
-    ms[0].observe(Observation::new(key(), status)).await.expect("observe");
+    ms[0]
+        .observe(Observation::new(key(), status))
+        .await
+        .expect("observe");
     for m in ms {
-        let ok = m.wait_until(|n| n.official().iter().any(|(k, o)| *k == key() && o.status == status), Duration::from_secs(20)).await;
+        let ok = m
+            .wait_until(
+                |n| {
+                    n.official()
+                        .iter()
+                        .any(|(k, o)| *k == key() && o.status == status)
+                },
+                Duration::from_secs(20),
+            )
+            .await;
         assert!(ok, "{} applied {status}", m.id());
     }
 }
@@ -63,8 +89,14 @@ fn collator_config(url: &str, db: &str, dir: &std::path::Path, jetstream: bool) 
 }
 
 async fn start_collator(url: &str, db: &str, dir: &std::path::Path, jetstream: bool) -> App {
-    let app = App::start(collator_config(url, db, dir, jetstream)).await.expect("collator starts");
-    assert!(app.node.wait_for_active(Role::Monitor, 1, Duration::from_secs(20)).await);
+    let app = App::start(collator_config(url, db, dir, jetstream))
+        .await
+        .expect("collator starts");
+    assert!(
+        app.node
+            .wait_for_active(Role::Monitor, 1, Duration::from_secs(20))
+            .await
+    );
     app
 }
 
@@ -76,19 +108,33 @@ async fn outage_lifecycle(db_url: &str, dir: &std::path::Path) {
     let server = NatsServer::start().expect("server");
     let ms = monitors(&server.url(), 3).await;
     let app = start_collator(&server.url(), db_url, dir, false).await;
-    assert!(app.node.wait_for_active(Role::Monitor, 3, Duration::from_secs(20)).await);
+    assert!(
+        app.node
+            .wait_for_active(Role::Monitor, 3, Duration::from_secs(20))
+            .await
+    );
     let c = collator(&app).clone();
 
     decide(&ms, false).await;
-    assert!(c.wait_recorded(1, Duration::from_secs(20)).await, "offline recorded");
+    assert!(
+        c.wait_recorded(1, Duration::from_secs(20)).await,
+        "offline recorded"
+    );
     let evs = c.store().all_events().await.expect("events");
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert!(evs[0].end_time.is_none());
     let votes = evs[0].vote_data.clone().expect("votes recorded");
-    assert_eq!(votes.as_object().map(|o| o.len()), Some(3), "every monitor's vote: {votes}");
+    assert_eq!(
+        votes.as_object().map(|o| o.len()),
+        Some(3),
+        "every monitor's vote: {votes}"
+    );
 
     decide(&ms, true).await;
-    assert!(c.wait_recorded(2, Duration::from_secs(20)).await, "online recorded");
+    assert!(
+        c.wait_recorded(2, Duration::from_secs(20)).await,
+        "online recorded"
+    );
     // A repeat outage is a new row with its own start.
     decide(&ms, false).await;
     assert!(c.wait_recorded(3, Duration::from_secs(20)).await);
@@ -96,16 +142,26 @@ async fn outage_lifecycle(db_url: &str, dir: &std::path::Path) {
     assert_eq!(evs.len(), 2, "{evs:?}");
     assert!(evs[0].end_time.is_some() && evs[1].end_time.is_none());
     assert!(evs[1].start_time > evs[0].start_time);
-    assert!(!evs[0].status, "closed rows keep status 0 for the Go readers");
+    assert!(
+        !evs[0].status,
+        "closed rows keep status 0 for the Go readers"
+    );
     // Each decision came as up to three finalizes (one per monitor): none duplicated a row.
-    assert!(app.node.counters().duplicate_finalizes > 0, "duplicates were seen and ignored");
+    assert!(
+        app.node.counters().duplicate_finalizes > 0,
+        "duplicates were seen and ignored"
+    );
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outages_open_close_and_repeat_on_sqlite() {
     let dir = tempfile::tempdir().expect("dir");
-    outage_lifecycle(&format!("sqlite://{}", dir.path().join("collator.db").display()), dir.path()).await;
+    outage_lifecycle(
+        &format!("sqlite://{}", dir.path().join("collator.db").display()),
+        dir.path(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,13 +180,25 @@ async fn a_collator_restarted_mid_outage_still_closes_it() {
     let ms = monitors(&server.url(), 3).await;
     let app = start_collator(&server.url(), &db, dir.path(), false).await;
     decide(&ms, false).await;
-    assert!(collator(&app).wait_recorded(1, Duration::from_secs(20)).await);
+    assert!(
+        collator(&app)
+            .wait_recorded(1, Duration::from_secs(20))
+            .await
+    );
     app.shutdown().await;
 
     let app = start_collator(&server.url(), &db, dir.path(), false).await;
-    assert!(app.node.wait_for_active(Role::Monitor, 3, Duration::from_secs(20)).await);
+    assert!(
+        app.node
+            .wait_for_active(Role::Monitor, 3, Duration::from_secs(20))
+            .await
+    );
     decide(&ms, true).await;
-    assert!(collator(&app).wait_recorded(1, Duration::from_secs(20)).await);
+    assert!(
+        collator(&app)
+            .wait_recorded(1, Duration::from_secs(20))
+            .await
+    );
     let evs = collator(&app).store().all_events().await.expect("events");
     assert_eq!(evs.len(), 1);
     assert!(evs[0].end_time.is_some(), "closed after the restart");
@@ -139,13 +207,21 @@ async fn a_collator_restarted_mid_outage_still_closes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_catches_up_on_decisions_made_while_the_collator_was_down() {
-    let server = NatsServer::start_with(ServerOptions { jetstream: true, ..Default::default() }).expect("server");
+    let server = NatsServer::start_with(ServerOptions {
+        jetstream: true,
+        ..Default::default()
+    })
+    .expect("server");
     let dir = tempfile::tempdir().expect("dir");
     let db = format!("sqlite://{}", dir.path().join("collator.db").display());
     let ms = monitors(&server.url(), 3).await;
     let app = start_collator(&server.url(), &db, dir.path(), true).await;
     decide(&ms, false).await;
-    assert!(collator(&app).wait_recorded(1, Duration::from_secs(20)).await);
+    assert!(
+        collator(&app)
+            .wait_recorded(1, Duration::from_secs(20))
+            .await
+    );
     app.shutdown().await;
 
     // Three decisions while the collator is down: close, reopen, close.
@@ -157,9 +233,16 @@ async fn jetstream_catches_up_on_decisions_made_while_the_collator_was_down() {
     // Every finalize of every decision is redelivered (3 monitors × 3 decisions at most);
     // the three decisions are recorded once each.
     let c = collator(&app).clone();
-    assert!(c.wait_recorded(3, Duration::from_secs(30)).await, "caught up");
+    assert!(
+        c.wait_recorded(3, Duration::from_secs(30)).await,
+        "caught up"
+    );
     let evs = c.store().all_events().await.expect("events");
-    assert_eq!(evs.len(), 2, "first outage closed, second opened and closed: {evs:?}");
+    assert_eq!(
+        evs.len(),
+        2,
+        "first outage closed, second opened and closed: {evs:?}"
+    );
     assert!(evs.iter().all(|e| e.end_time.is_some()));
     // Nothing more arrives, and nothing was duplicated.
     let rows_now = c.store().all_events().await.expect("events").len();
@@ -169,7 +252,9 @@ async fn jetstream_catches_up_on_decisions_made_while_the_collator_was_down() {
 
 async fn dns(url: &str, id: &str, days: &[(NaiveDate, i64)]) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
-    let store = Store::open(&format!("sqlite://{}", dir.path().join("dns.db").display())).await.expect("store");
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("dns.db").display()))
+        .await
+        .expect("store");
     let (svc, services) = DnsService::open(store, id).await.expect("dns");
     let rows: Vec<UsageRow> = days
         .iter()
@@ -206,25 +291,61 @@ async fn usage_collection(db_url: &str) {
     }
     let _m = monitors(&server.url(), 1).await;
     let app = start_collator(&server.url(), db_url, dir.path(), false).await;
-    assert!(app.node.wait_for_active(Role::Dns, 3, Duration::from_secs(20)).await);
+    assert!(
+        app.node
+            .wait_for_active(Role::Dns, 3, Duration::from_secs(20))
+            .await
+    );
     let c = collator(&app);
     let first = c.collect(&app.node, today, today).await.expect("collect");
-    let second = c.collect(&app.node, today, today).await.expect("collect again");
+    let second = c
+        .collect(&app.node, today, today)
+        .await
+        .expect("collect again");
     assert_eq!(first.hits_by_node, second.hits_by_node);
-    let want: BTreeMap<String, i64> = [("dns-1", 202), ("dns-2", 402), ("dns-3", 602)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    let stored: BTreeMap<String, i64> = c.store().usage_totals_by_node(today, today).await.expect("totals").into_iter().collect();
+    let want: BTreeMap<String, i64> = [("dns-1", 202), ("dns-2", 402), ("dns-3", 602)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let stored: BTreeMap<String, i64> = c
+        .store()
+        .usage_totals_by_node(today, today)
+        .await
+        .expect("totals")
+        .into_iter()
+        .collect();
     assert_eq!(stored, want, "per-node totals, identical after a re-import");
 
     // Midnight roll-over: the first run after midnight covers the previous day too.
-    let after_midnight = Utc.with_ymd_and_hms(2026, 11, 27, 0, 0, 5).single().expect("t");
-    assert_eq!(CollatorService::days_for(after_midnight), (yesterday, today));
-    let later = Utc.with_ymd_and_hms(2026, 11, 27, 13, 0, 5).single().expect("t");
+    let after_midnight = Utc
+        .with_ymd_and_hms(2026, 11, 27, 0, 0, 5)
+        .single()
+        .expect("t");
+    assert_eq!(
+        CollatorService::days_for(after_midnight),
+        (yesterday, today)
+    );
+    let later = Utc
+        .with_ymd_and_hms(2026, 11, 27, 13, 0, 5)
+        .single()
+        .expect("t");
     assert_eq!(CollatorService::days_for(later), (today, today));
     let (from, to) = CollatorService::days_for(after_midnight);
     let r = c.collect(&app.node, from, to).await.expect("collect");
     assert_eq!(r.days, vec![yesterday, today]);
-    let y: i64 = c.store().usage_totals_by_node(yesterday, yesterday).await.expect("totals").iter().map(|(_, h)| h).sum();
-    assert_eq!(y, 2 * (100 + 200 + 300), "yesterday's last hours are not lost");
+    let y: i64 = c
+        .store()
+        .usage_totals_by_node(yesterday, yesterday)
+        .await
+        .expect("totals")
+        .iter()
+        .map(|(_, h)| h)
+        .sum();
+    assert_eq!(
+        y,
+        2 * (100 + 200 + 300),
+        "yesterday's last hours are not lost"
+    );
     app.shutdown().await;
 }
 

@@ -285,7 +285,10 @@ async fn a_rust_monitor_understands_the_captured_go_messages() {
     }
     raw.flush().await.expect("flush");
     let d = decision_for(&mut rx, "m1").await;
-    assert!(d.passed, "decided by itself from the Go votes, or learned from a Go finalize");
+    assert!(
+        d.passed,
+        "decided by itself from the Go votes, or learned from a Go finalize"
+    );
     assert_eq!(official(&node, "m1"), Some(false));
     assert!(
         node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))

@@ -335,13 +335,21 @@ impl Store {
                 .max_connections(1)
                 .connect_with(opts.clone())
                 .await
-                .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, Some(Backend::Sqlite), &shown, e))?;
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        Some(Backend::Sqlite),
+                        &shown,
+                        e,
+                    )
+                })?;
             let boot = Store {
                 pool: Pool::Sqlite(boot),
                 backend: Backend::Sqlite,
                 usage_key_ok: Default::default(),
             };
-            boot.migrate(&[Part::Usage, Part::Events, Part::Results]).await?;
+            boot.migrate(&[Part::Usage, Part::Events, Part::Results])
+                .await?;
             boot.close().await;
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)

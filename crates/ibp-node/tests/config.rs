@@ -1,0 +1,274 @@
+//! Config files (the Go ones as they are, plus IbpNode) and the IBP member/service lists.
+
+use std::path::PathBuf;
+
+use ibp_node::config::{FileConfig, NodeConfig, Overrides};
+use ibp_node::ibp_config::{IbpConfig, SharedIbpConfig};
+use ibp_wire::{CheckType, Role};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn local() -> Overrides {
+    Overrides {
+        http: Some("127.0.0.1:0".into()),
+        db: Some("sqlite:///tmp/x.db".into()),
+        ..Overrides::default()
+    }
+}
+
+#[test]
+fn the_go_configs_are_accepted_as_they_are() {
+    let m = FileConfig::load(&fixtures().join("go-configs/monitor.json")).expect("monitor.json");
+    let cfg = NodeConfig::resolve(
+        &m,
+        &Overrides {
+            role: Some("monitor".into()),
+            ..Overrides::default()
+        },
+    )
+    .expect("resolves");
+    assert_eq!(cfg.node_id.as_str(), "MONITOR-NODE-1");
+    assert_eq!(
+        cfg.nats.servers,
+        "nats://nats1.example.net:4222,nats://nats2.example.net:4222"
+    );
+    assert_eq!(cfg.nats.user.as_deref(), Some("monitor"));
+    assert_eq!(cfg.http.to_string(), "0.0.0.0:6101", "from MonitorApi");
+    assert!(
+        cfg.db.starts_with("mysql://monitor:"),
+        "from the Mysql section"
+    );
+    assert_eq!(cfg.config_reload.as_secs(), 3600);
+    assert_eq!(cfg.checks.len(), 4);
+    assert!(
+        m.check("wss", CheckType::Endpoint)
+            .is_some_and(|c| c.enabled)
+    );
+    assert!(m.check("wss", CheckType::Site).is_none());
+
+    let d = FileConfig::load(&fixtures().join("go-configs/dns.json")).expect("dns.json");
+    let cfg = NodeConfig::resolve(
+        &d,
+        &Overrides {
+            role: Some("dns".into()),
+            ..Overrides::default()
+        },
+    )
+    .expect("resolves");
+    assert_eq!(
+        (cfg.role, cfg.node_id.as_str(), cfg.http.port()),
+        (Role::Dns, "DNS1", 6100)
+    );
+
+    let c = FileConfig::load(&fixtures().join("go-configs/collator.json")).expect("collator.json");
+    let cfg = NodeConfig::resolve(
+        &c,
+        &Overrides {
+            role: Some("collator".into()),
+            ..Overrides::default()
+        },
+    )
+    .expect("resolves");
+    assert_eq!((cfg.role, cfg.http.port()), (Role::Collator, 9000));
+    assert_eq!(cfg.config_urls.len(), 5);
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let m = FileConfig::load(&fixtures().join("go-configs/collator.json")).expect("collator.json");
+    let cfg = NodeConfig::resolve(
+        &m,
+        &Overrides {
+            role: Some("collator".into()),
+            ..Overrides::default()
+        },
+    )
+    .expect("resolves");
+    for text in [format!("{m:?}"), format!("{cfg:?}")] {
+        assert!(
+            !text.contains("natspasswd") && !text.contains("dbpasswd"),
+            "{text}"
+        );
+    }
+}
+
+fn err(json: &str, o: &Overrides) -> String {
+    match FileConfig::parse(json).and_then(|f| NodeConfig::resolve(&f, o)) {
+        Ok(_) => panic!("{json} should be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_configs_name_the_field_and_the_reason() {
+    let o = local();
+    let cases = [
+        (r#"{"Nats":{"NodeID":"bad id"}}"#, "Nats.NodeID"),
+        (r#"{"Nats":{"NodeID":"a.b"}}"#, "a dot"),
+        (
+            r#"{"Nats":{"NodeID":"n","Url":"nats://:bad:port"}}"#,
+            "Nats.Url",
+        ),
+        (
+            r#"{"Nats":{"NodeID":"n","User":"u"}}"#,
+            "Nats.User/Nats.Pass",
+        ),
+        (
+            r#"{"MonitorApi":{"ListenPort":"sixty"}}"#,
+            "MonitorApi.ListenPort",
+        ),
+        (r#"{"Mysql":{"Host":"db","Port":"x"}}"#, "Mysql.Port"),
+        (r#"{"Mysql":{"Host":"db"}}"#, "Mysql.DB"),
+        (
+            r#"{"System":{"ConfigReloadTime":"soon"}}"#,
+            "System.ConfigReloadTime",
+        ),
+        (
+            r#"{"Checks":[{"Name":"x","CheckType":"planet"}]}"#,
+            "Checks[0].CheckType",
+        ),
+        (r#"{"IbpNode":{"role":"router"}}"#, "IbpNode.role"),
+        (r#"{"IbpNode":{"rolee":"dns"}}"#, "rolee"),
+        (
+            r#"{"IbpNode":{"consensus":{"proposal_timeout":"ages"}}}"#,
+            "IbpNode",
+        ),
+        (
+            r#"{"IbpNode":{"consensus":{"min_quorum":0}}}"#,
+            "IbpNode.consensus.min_quorum",
+        ),
+        (
+            r#"{"IbpNode":{"dns":{"flush_interval":"0s"}}}"#,
+            "IbpNode.dns.flush_interval",
+        ),
+        (r#"{"IbpNode":{"log_format":"xml"}}"#, "IbpNode.log_format"),
+        ("[1,2]", "(file)"),
+        ("{not json", "not valid JSON"),
+    ];
+    for (json, want) in cases {
+        let e = err(json, &o);
+        assert!(e.contains(want), "{json}: {e:?} should mention {want:?}");
+    }
+    let e = err(
+        "{}",
+        &Overrides {
+            http: Some("nowhere".into()),
+            ..local()
+        },
+    );
+    assert!(e.contains("--http"), "{e}");
+    let e = err(
+        "{}",
+        &Overrides {
+            db: Some("postgres://x".into()),
+            ..local()
+        },
+    );
+    assert!(e.contains("--db"), "{e}");
+}
+
+#[test]
+fn keys_match_case_insensitively_like_go() {
+    let f = FileConfig::parse(r#"{"nats":{"nodeid":"m-1","URL":"nats://10.0.0.1:4222"},"system":{"workdir":"/var/lib/x"}}"#).expect("parses");
+    let cfg = NodeConfig::resolve(&f, &local()).expect("resolves");
+    assert_eq!(cfg.node_id.as_str(), "m-1");
+    assert_eq!(cfg.nats.servers, "nats://10.0.0.1:4222");
+    assert_eq!(cfg.work_dir, PathBuf::from("/var/lib/x"));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let f = FileConfig::parse(r#"{"Nats":{"NodeID":"file-id","Url":"nats://file:4222"},"IbpNode":{"role":"dns","http":"127.0.0.1:7000"}}"#).expect("parses");
+    let o = Overrides {
+        role: Some("collator".into()),
+        node_id: Some("flag-id".into()),
+        nats_url: Some("nats://flag:4222".into()),
+        http: Some("127.0.0.1:7001".into()),
+        db: Some("sqlite:///tmp/f.db".into()),
+        work_dir: None,
+    };
+    let cfg = NodeConfig::resolve(&f, &o).expect("resolves");
+    assert_eq!(
+        (
+            cfg.role,
+            cfg.node_id.as_str(),
+            cfg.nats.servers.as_str(),
+            cfg.http.port()
+        ),
+        (Role::Collator, "flag-id", "nats://flag:4222", 7001)
+    );
+    let cfg = NodeConfig::resolve(&FileConfig::default(), &Overrides::default())
+        .expect("defaults work without a file");
+    assert_eq!(cfg.role, Role::Monitor);
+    assert!(cfg.db.starts_with("sqlite://"));
+}
+
+fn ibp() -> IbpConfig {
+    let m = std::fs::read_to_string(fixtures().join("ibp-config/members_professional.json"))
+        .expect("members");
+    let s =
+        std::fs::read_to_string(fixtures().join("ibp-config/services_rpc.json")).expect("services");
+    IbpConfig::parse(&m, &s).expect("parses")
+}
+
+#[test]
+fn member_and_service_lookups() {
+    let c = ibp();
+    assert_eq!(c.members.len(), 7);
+    assert_eq!(c.services.len(), 22);
+    assert_eq!(
+        c.services.values().map(|s| s.rpc_urls.len()).sum::<usize>(),
+        83
+    );
+    let m = c
+        .member("stake plus")
+        .expect("case-insensitive member lookup");
+    assert_eq!(m.name, "Stake Plus");
+    assert!(!c.member_endpoints("Stake Plus").is_empty());
+    // rpc.ibp.network serves many services: every node must pick the same one.
+    let all = c.services_for_domain("rpc.ibp.network");
+    assert!(all.len() > 1);
+    let pick = c.service_for_domain("RPC.IBP.NETWORK.").expect("found");
+    for _ in 0..10 {
+        assert_eq!(
+            c.service_for_domain("rpc.ibp.network").map(|s| &s.name),
+            Some(&pick.name)
+        );
+    }
+    assert!(c.service_for_domain("unknown.example").is_none());
+}
+
+#[tokio::test]
+async fn a_failed_reload_keeps_the_last_good_copy() {
+    let dir = tempfile::tempdir().expect("dir");
+    let m = dir.path().join("members.json");
+    let s = dir.path().join("services.json");
+    std::fs::copy(fixtures().join("ibp-config/members_professional.json"), &m).expect("copy");
+    std::fs::copy(fixtures().join("ibp-config/services_rpc.json"), &s).expect("copy");
+    let shared = SharedIbpConfig::default();
+    let (ms, ss) = (m.display().to_string(), s.display().to_string());
+    shared.reload(&ms, &ss).await.expect("first load");
+    std::fs::write(&m, "{ broken").expect("corrupt");
+    assert!(
+        shared
+            .reload(&ms, &ss)
+            .await
+            .unwrap_err()
+            .contains("not valid JSON")
+    );
+    assert_eq!(
+        shared.get().map(|c| c.members.len()),
+        Some(7),
+        "kept the last good copy"
+    );
+    assert!(
+        shared
+            .reload("https://127.0.0.1:1/members.json", &ss)
+            .await
+            .is_err(),
+        "an unreachable URL is an error, not an exit"
+    );
+    assert_eq!(shared.get().map(|c| c.members.len()), Some(7));
+}
