@@ -790,6 +790,21 @@ impl Node {
         })
     }
 
+    /// Number of official results (monitors), without copying them.
+    pub fn official_count(&self) -> usize {
+        self.read_engine(|e, _| e.consensus().map(|c| c.official().len()).unwrap_or(0))
+    }
+
+    /// Number of tracked (monitor) or cached (collator) proposals, without copying them.
+    pub fn proposal_count(&self) -> usize {
+        self.read_engine(|e, _| {
+            e.consensus()
+                .map(|c| c.tracked().len())
+                .or(e.vote_cache().map(|c| c.len()))
+                .unwrap_or(0)
+        })
+    }
+
     /// Local observations (monitors).
     pub fn local(&self) -> Vec<(CheckKey, ibp_core::consensus::Local)> {
         self.read_engine(|e, _| {

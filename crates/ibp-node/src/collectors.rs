@@ -124,6 +124,8 @@ trait Kind: Send + 'static {
     const SUBJECT: &'static str;
     const REPLY: ReplyKind;
     const NAME: &'static str;
+    /// The JSON key of the item list in the response.
+    const ITEMS_KEY: &'static str;
     fn split(resp: Self::Resp) -> (String, Vec<Self::Item>, String);
     fn build(node_id: &str, items: Vec<Self::Item>, error: String) -> Self::Resp;
     fn stamp(_item: &mut Self::Item, _node_id: &str) {}
@@ -140,6 +142,7 @@ impl Kind for Usage {
     const SUBJECT: &'static str = subjects::USAGE_GET;
     const REPLY: ReplyKind = ReplyKind::Usage;
     const NAME: &'static str = "usage";
+    const ITEMS_KEY: &'static str = "usageRecords";
     fn split(r: UsageResponse) -> (String, Vec<UsageRecord>, String) {
         (r.node_id, r.usage_records, r.error)
     }
@@ -163,6 +166,7 @@ impl Kind for Downtime {
     const SUBJECT: &'static str = subjects::DOWNTIME_GET;
     const REPLY: ReplyKind = ReplyKind::Downtime;
     const NAME: &'static str = "downtime";
+    const ITEMS_KEY: &'static str = "events";
     fn split(r: DowntimeResponse) -> (String, Vec<DowntimeEvent>, String) {
         (r.node_id, r.events, r.error)
     }
@@ -385,14 +389,18 @@ async fn answer<K: Kind>(
     let me = node.id().as_str();
     // Headers and protocol overhead also count against max_payload.
     let limit = conn.max_payload().saturating_sub(4096).max(1024);
-    let whole = match ibp_wire::encode(&K::build(me, items.clone(), error.clone())) {
-        Ok(b) => b,
+    // Each item is encoded once; replies (whole or in parts) are assembled from the pieces.
+    let encoded: Vec<Vec<u8>> = match items.iter().map(ibp_wire::encode).collect() {
+        Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode reply");
             return;
         }
     };
-    if whole.len() <= limit {
+    let total: usize =
+        encoded.iter().map(|e| e.len() + 1).sum::<usize>() + assemble::<K>(me, &[], &error).len();
+    if total <= limit {
+        let whole = assemble::<K>(me, &encoded, &error);
         let r = if accepts_parts {
             let mut h = HeaderMap::new();
             h.insert(ext::HDR_NODE, me);
@@ -408,48 +416,41 @@ async fn answer<K: Kind>(
     if !accepts_parts {
         node.metrics().replies_too_large.inc();
         let msg = format!(
-            "reply of {} bytes ({} records) exceeds the server's max_payload of {} bytes; narrow the request or ask with the {} header",
-            whole.len(),
+            "reply of {total} bytes ({} records) exceeds the server's max_payload of {} bytes; narrow the request or ask with the {} header",
             items.len(),
             conn.max_payload(),
             ext::HDR_ACCEPT_PARTS
         );
         tracing::warn!(
             kind = K::NAME,
-            bytes = whole.len(),
+            bytes = total,
             max_payload = conn.max_payload(),
             "reply too large for a requester without parts support; answering with an error"
         );
-        if let Ok(b) = ibp_wire::encode(&K::build(me, Vec::new(), msg)) {
-            let _ = conn.publish_bytes(reply, b.into()).await;
-        }
+        let _ = conn
+            .publish_bytes(reply, assemble::<K>(me, &[], &msg).into())
+            .await;
         return;
     }
     // Pack records greedily into parts that each fit.
-    let overhead = ibp_wire::encode(&K::build(me, Vec::new(), error.clone()))
-        .map(|b| b.len())
-        .unwrap_or(64)
-        + 16;
-    let mut parts: Vec<Vec<K::Item>> = Vec::new();
-    let mut current: Vec<K::Item> = Vec::new();
-    let mut size = overhead;
-    for it in items {
-        let n = ibp_wire::encode(&it).map(|b| b.len()).unwrap_or(256) + 1;
-        if !current.is_empty() && size + n > limit {
-            parts.push(std::mem::take(&mut current));
+    let overhead = assemble::<K>(me, &[], &error).len() + 16;
+    let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+    let (mut start, mut size) = (0, overhead);
+    for (i, e) in encoded.iter().enumerate() {
+        let n = e.len() + 1;
+        if i > start && size + n > limit {
+            parts.push(start..i);
+            start = i;
             size = overhead;
         }
         size += n;
-        current.push(it);
     }
-    parts.push(current);
+    parts.push(start..encoded.len());
     let count = parts.len();
-    for (i, chunk) in parts.into_iter().enumerate() {
+    for (i, range) in parts.into_iter().enumerate() {
         // The error, if any, travels with the first part only.
-        let err = if i == 0 { error.clone() } else { String::new() };
-        let Ok(body) = ibp_wire::encode(&K::build(me, chunk, err)) else {
-            continue;
-        };
+        let err = if i == 0 { error.as_str() } else { "" };
+        let body = assemble::<K>(me, &encoded[range], err);
         let mut h = HeaderMap::new();
         h.insert(ext::HDR_NODE, me);
         h.insert(ext::HDR_PART, format!("{}/{count}", i + 1).as_str());
@@ -461,6 +462,35 @@ async fn answer<K: Kind>(
             node.metrics().reply_parts_sent.inc();
         }
     }
+}
+
+/// The bytes `ibp_wire::encode(&K::build(node, items, error))` would give, from items
+/// already encoded (so a large reply is encoded once, whether whole or in parts).
+fn assemble<K: Kind>(node: &str, items: &[Vec<u8>], error: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + items.iter().map(|e| e.len() + 1).sum::<usize>());
+    out.extend_from_slice(b"{\"nodeID\":");
+    out.extend(ibp_wire::encode(node).unwrap_or_else(|_| b"\"\"".to_vec()));
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(K::ITEMS_KEY.as_bytes());
+    out.extend_from_slice(b"\":");
+    if items.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        out.push(b'[');
+        for (i, e) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(e);
+        }
+        out.push(b']');
+    }
+    if !error.is_empty() {
+        out.extend_from_slice(b",\"error\":");
+        out.extend(ibp_wire::encode(error).unwrap_or_else(|_| b"\"\"".to_vec()));
+    }
+    out.push(b'}');
+    out
 }
 
 fn accepts_parts(msg: &Message) -> bool {
@@ -583,4 +613,41 @@ pub async fn receive_usage_pushes(
             },
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<K: Kind>(node: &str, items: Vec<K::Item>, error: &str) {
+        let encoded: Vec<Vec<u8>> = items
+            .iter()
+            .map(|i| ibp_wire::encode(i).expect("encodes"))
+            .collect();
+        let want = ibp_wire::encode(&K::build(node, items, error.to_string())).expect("encodes");
+        assert_eq!(
+            String::from_utf8_lossy(&assemble::<K>(node, &encoded, error)),
+            String::from_utf8_lossy(&want)
+        );
+    }
+
+    #[test]
+    fn assembled_replies_equal_the_encoded_response() {
+        let rec = UsageRecord {
+            node_id: "d<1>".into(),
+            date: "2026-11-20T00:00:00Z".into(),
+            hits: 3,
+            ..UsageRecord::default()
+        };
+        check::<Usage>("dns-1", vec![], "");
+        check::<Usage>("dns-1", vec![rec.clone()], "");
+        check::<Usage>("dns-&", vec![rec.clone(), rec], "bad \"date\"");
+        let ev = DowntimeEvent {
+            member_name: "m".into(),
+            check_type: "site".into(),
+            ..DowntimeEvent::default()
+        };
+        check::<Downtime>("monitor-1", vec![ev.clone(), ev], "");
+        check::<Downtime>("monitor-1", vec![], "no store");
+    }
 }

@@ -84,6 +84,9 @@ pub struct ServerOptions {
     pub verify_clients: bool,
     /// `max_payload` in bytes (server default 1 MB).
     pub max_payload: Option<u64>,
+    /// `max_pending` in bytes: how much the server buffers for a slow client before it cuts
+    /// it off as a slow consumer (server default 64 MB).
+    pub max_pending: Option<u64>,
     /// Extra configuration appended verbatim.
     pub extra: String,
 }
@@ -153,11 +156,14 @@ impl NatsServer {
         );
         if let Some(mp) = opts.max_payload {
             conf.push_str(&format!("max_payload: {mp}\n"));
-            // The server refuses a max_payload above max_pending (64 MB default); keep room.
-            conf.push_str(&format!(
-                "max_pending: {}\n",
-                (mp * 4).max(64 * 1024 * 1024)
-            ));
+        }
+        if opts.max_payload.is_some() || opts.max_pending.is_some() {
+            // The server refuses a max_payload above max_pending; keep room.
+            let pending = opts
+                .max_pending
+                .unwrap_or(64 << 20)
+                .max(opts.max_payload.unwrap_or(0) * 4);
+            conf.push_str(&format!("max_pending: {pending}\n"));
         }
         if opts.jetstream {
             let store = dir.path().join("jetstream");

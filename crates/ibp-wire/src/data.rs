@@ -79,6 +79,12 @@ impl serde::Serialize for Data {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Data(Option::<Box<RawValue>>::deserialize(d)?))
+    }
+}
+
 impl From<serde_json::Value> for Data {
     fn from(v: serde_json::Value) -> Self {
         Data::from_value(&v)

@@ -86,10 +86,26 @@ pub trait WireDecode: Sized + Default {
 
     /// Decodes one JSON value. `null` gives the default value, as in Go.
     fn decode_raw(raw: &RawValue) -> Result<Self, DecodeError>;
+
+    /// A fast, strict decode that succeeds only where it agrees with [`WireDecode::decode_raw`]
+    /// (exact keys, no nulls, no unknown or repeated keys); `None` means "use the lenient one".
+    fn decode_strict(_bytes: &[u8]) -> Option<Self> {
+        None
+    }
 }
 
 /// Decodes a message from bytes received off the bus.
 pub fn decode<T: WireDecode>(bytes: &[u8]) -> Result<T, DecodeError> {
+    // Messages from Go nodes (and from this project) take the strict path; anything unusual
+    // falls back to the lenient decoder, which has the final say.
+    if let Some(v) = T::decode_strict(bytes) {
+        return Ok(v);
+    }
+    decode_lenient(bytes)
+}
+
+/// The lenient decoder alone (tests compare it with the strict fast path).
+pub fn decode_lenient<T: WireDecode>(bytes: &[u8]) -> Result<T, DecodeError> {
     let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
     let raw: &RawValue = serde_json::from_str(&text)
         .map_err(|e| DecodeError::new(DecodeErrorKind::Syntax, T::NAME, e.to_string()))?;

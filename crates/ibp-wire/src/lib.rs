@@ -25,7 +25,7 @@ pub mod subjects;
 mod time;
 
 pub use data::Data;
-pub use decode::{DecodeError, DecodeErrorKind, WireDecode, decode};
+pub use decode::{DecodeError, DecodeErrorKind, WireDecode, decode, decode_lenient};
 pub use encode::{encode, encode_to_string};
 pub use messages::{
     CheckType, ClusterMessage, DowntimeEvent, DowntimeRequest, DowntimeResponse, FinalizeMessage,

@@ -19,6 +19,9 @@ macro_rules! wire_message {
         }
     ) => {
         $(#[$m])*
+        ///
+        /// `Deserialize` is the strict fast path (exact keys only, no nulls, no unknown or
+        /// repeated keys); [`crate::decode`] falls back to the lenient decoder when it fails.
         #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
         pub struct $name {
             $( $(#[$fm])* #[serde(rename = $key)] pub $field: $ty, )*
@@ -26,6 +29,9 @@ macro_rules! wire_message {
 
         impl WireDecode for $name {
             const NAME: &'static str = $go;
+            fn decode_strict(bytes: &[u8]) -> Option<Self> {
+                serde_json::from_slice(bytes).ok()
+            }
             fn decode_raw(raw: &RawValue) -> Result<Self, DecodeError> {
                 const FIELDS: &[&str] = &[$($key),*];
                 let mut v = Self::default();
@@ -40,6 +46,40 @@ macro_rules! wire_message {
         impl Field for $name {
             fn decode_field(raw: &RawValue) -> Result<Self, DecodeError> {
                 <$name as WireDecode>::decode_raw(raw)
+            }
+        }
+
+        // Hand-written rather than derived: a derived struct also accepts a JSON array
+        // (fields by position), which neither Go nor the lenient decoder does.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "a {} object", $go)
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
+                        const FIELDS: &[&str] = &[$($key),*];
+                        let mut v = $name::default();
+                        let mut seen: u64 = 0;
+                        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                            let Some(i) = FIELDS.iter().position(|f| *f == key.as_ref()) else {
+                                return Err(serde::de::Error::unknown_field(&key, FIELDS));
+                            };
+                            if seen & (1 << i) != 0 {
+                                return Err(serde::de::Error::custom("repeated key"));
+                            }
+                            seen |= 1 << i;
+                            match FIELDS[i] {
+                                $( $key => v.$field = map.next_value()?, )*
+                                _ => {}
+                            }
+                        }
+                        Ok(v)
+                    }
+                }
+                d.deserialize_map(V)
             }
         }
     };

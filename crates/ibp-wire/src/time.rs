@@ -205,6 +205,13 @@ impl fmt::Display for WireTime {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for WireTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        WireTime::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl serde::Serialize for WireTime {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_go_string())

@@ -129,9 +129,18 @@ fn mutate(rng: &mut Rng, seed_inputs: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-fn feed<T: WireDecode>(input: &[u8], ok: &mut usize) {
+fn feed<T: WireDecode + PartialEq + std::fmt::Debug>(input: &[u8], ok: &mut usize) {
     if decode::<T>(input).is_ok() {
         *ok += 1;
+    }
+    // The strict fast path may only accept what the lenient decoder decodes the same way.
+    if let Some(fast) = T::decode_strict(input) {
+        assert_eq!(
+            Ok(fast),
+            ibp_wire::decode_lenient::<T>(input),
+            "strict and lenient disagree on {:?}",
+            String::from_utf8_lossy(input)
+        );
     }
 }
 

@@ -1,0 +1,188 @@
+//! Consensus benchmarks on one loopback nats-server (`cargo bench -p ibp-node --bench consensus`).
+//!
+//! 1. Decision latency: a monitor publishes a proposal every other monitor agrees with; the
+//!    time until the decision is applied on every monitor. p50/p99 for 3, 5 and 9 monitors.
+//! 2. Cold-start burst: 5 monitors each propose 1,000 distinct checks at once; the time until
+//!    all 5,000 are finalized on every monitor, and how many were lost.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ibp_core::{CheckKey, Observation};
+use ibp_node::cluster::{Node, NodeOptions, RoleServices};
+use ibp_testkit::NatsServer;
+use ibp_wire::{CheckType, NodeId, Role};
+
+fn key(tag: &str, i: usize) -> CheckKey {
+    CheckKey::new(
+        CheckType::Endpoint,
+        "wss",
+        format!("member-{tag}-{i}"),
+        "rpc.example.net",
+        "wss://rpc.example.net/x",
+        false,
+    )
+}
+
+async fn monitors(url: &str, n: usize, tag: &str) -> Vec<Node> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut o = NodeOptions::new(NodeId::new(format!("m{tag}-{i}")).expect("id"), url);
+        o.reconcile_interval = Duration::from_secs(3600);
+        let node = Node::connect(o).await.expect("connect");
+        node.enable(Role::Monitor, RoleServices::default())
+            .await
+            .expect("enable");
+        out.push(node);
+    }
+    for m in &out {
+        assert!(
+            m.wait_for_active(Role::Monitor, n, Duration::from_secs(30))
+                .await
+        );
+    }
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Time from `observe` on the proposer to the decision being applied on every monitor.
+async fn latency(url: &str, n: usize, trials: usize) -> Vec<Duration> {
+    let tag = format!("lat{n}");
+    let nodes = monitors(url, n, &tag).await;
+    let mut out = Vec::with_capacity(trials);
+    for t in 0..trials {
+        let k = key(&tag, t);
+        for m in &nodes[1..] {
+            m.set_local(Observation::new(k.clone(), false))
+                .await
+                .expect("monitor");
+        }
+        let mut rxs: Vec<_> = nodes.iter().map(Node::decisions).collect();
+        let started = Instant::now();
+        nodes[0]
+            .observe(Observation::new(k.clone(), false))
+            .await
+            .expect("observe");
+        let mut last = Duration::ZERO;
+        for rx in &mut rxs {
+            loop {
+                let d = rx.recv().await.expect("decision");
+                if CheckKey::of(&d.proposal) == k {
+                    last = last.max(started.elapsed());
+                    break;
+                }
+            }
+        }
+        // Let the trailing finalizes of this decision drain before the next one.
+        for m in &nodes {
+            m.wait_until(|n| n.proposal_count() == 0, Duration::from_secs(5))
+                .await;
+        }
+        out.push(last);
+    }
+    for m in nodes {
+        m.shutdown(Duration::from_secs(1)).await;
+    }
+    out
+}
+
+/// Every monitor proposes `per` distinct checks at once.
+async fn burst(url: &str, n: usize, per: usize) -> (Duration, usize, usize) {
+    let tag = "burst";
+    let nodes = monitors(url, n, tag).await;
+    let total = n * per;
+    let keys: Vec<CheckKey> = (0..total).map(|i| key(tag, i)).collect();
+    for m in &nodes {
+        for k in &keys {
+            m.set_local(Observation::new(k.clone(), false))
+                .await
+                .expect("monitor");
+        }
+    }
+    let done_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, m) in nodes.iter().enumerate() {
+        let m = m.clone();
+        let mine: Vec<CheckKey> = keys[i * per..(i + 1) * per].to_vec();
+        tasks.push(tokio::spawn(async move {
+            for k in mine {
+                m.propose_check_status(
+                    CheckType::Endpoint,
+                    &k.check_name,
+                    &k.member_name,
+                    &k.domain_name,
+                    &k.endpoint,
+                    false,
+                    "",
+                    ibp_wire::Data::none(),
+                    false,
+                )
+                .await
+                .expect("propose");
+            }
+        }));
+    }
+    let mut waits = Vec::new();
+    for (i, m) in nodes.iter().enumerate() {
+        let m = m.clone();
+        let done = done_at.clone();
+        waits.push(tokio::spawn(async move {
+            let ok = m
+                .wait_until(|n| n.official_count() >= total, Duration::from_secs(120))
+                .await;
+            if ok && let Ok(mut d) = done.lock() {
+                d[i] = Some(Instant::now());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("proposer");
+    }
+    for w in waits {
+        w.await.expect("waiter");
+    }
+    let finished = done_at
+        .lock()
+        .map(|d| d.iter().flatten().max().copied())
+        .ok()
+        .flatten();
+    let elapsed = finished.map(|f| f - started).unwrap_or(Duration::MAX);
+    let min_applied = nodes.iter().map(|m| m.official_count()).min().unwrap_or(0);
+    let lost = total - min_applied;
+    for m in nodes {
+        m.shutdown(Duration::from_secs(1)).await;
+    }
+    (elapsed, total, lost)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let server = NatsServer::start().expect("nats-server");
+        let url = server.url();
+        println!("consensus benchmarks ({} cores, nats-server {url})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        for n in [3, 5, 9] {
+            let trials = 300;
+            let _warm = latency(&url, n, 20).await;
+            let mut l = latency(&url, n, trials).await;
+            l.sort();
+            println!(
+                "decision latency, {n} monitors, {trials} decisions: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+                pct(&l, 0.5).as_secs_f64() * 1e3,
+                pct(&l, 0.99).as_secs_f64() * 1e3,
+                l.last().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+            );
+        }
+        let (elapsed, total, lost) = burst(&url, 5, 1000).await;
+        println!("cold-start burst, 5 monitors x 1,000 checks: {total} finalized on every monitor in {:.2} s, {lost} lost", elapsed.as_secs_f64());
+    });
+}
