@@ -127,6 +127,7 @@ trait Kind: Send + 'static {
     /// The JSON key of the item list in the response.
     const ITEMS_KEY: &'static str;
     fn split(resp: Self::Resp) -> (String, Vec<Self::Item>, String);
+    #[cfg(test)]
     fn build(node_id: &str, items: Vec<Self::Item>, error: String) -> Self::Resp;
     fn stamp(_item: &mut Self::Item, _node_id: &str) {}
 }
@@ -146,6 +147,7 @@ impl Kind for Usage {
     fn split(r: UsageResponse) -> (String, Vec<UsageRecord>, String) {
         (r.node_id, r.usage_records, r.error)
     }
+    #[cfg(test)]
     fn build(node_id: &str, items: Vec<UsageRecord>, error: String) -> UsageResponse {
         UsageResponse {
             node_id: node_id.to_string(),
@@ -170,6 +172,7 @@ impl Kind for Downtime {
     fn split(r: DowntimeResponse) -> (String, Vec<DowntimeEvent>, String) {
         (r.node_id, r.events, r.error)
     }
+    #[cfg(test)]
     fn build(node_id: &str, items: Vec<DowntimeEvent>, error: String) -> DowntimeResponse {
         DowntimeResponse {
             node_id: node_id.to_string(),
