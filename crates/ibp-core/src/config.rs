@@ -13,31 +13,31 @@ pub struct CoreConfig {
     /// Startup joins broadcast when a role is enabled (3).
     pub startup_joins: u32,
     /// Spacing of the startup joins (500 ms).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub startup_join_interval: Duration,
     /// Delay of the first heartbeat after enabling (2 s).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub first_heartbeat: Duration,
     /// Heartbeat join interval (90 s).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub heartbeat_interval: Duration,
     /// Minimum spacing of joins that are not forced (5 s).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub join_throttle: Duration,
     /// A node is active while heard within this window (10 min).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub active_window: Duration,
     /// Nodes unheard for this long are removed (15 min).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub stale_after: Duration,
     /// Timeout after which an undecided proposal is re-evaluated (30 s).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub proposal_timeout: Duration,
     /// Number of timeouts after which an undecided proposal fails (3).
     pub max_timeouts: u32,
     /// An own unresolved proposal is republished when proposed again this long after its
     /// last broadcast (10 s).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub republish_after: Duration,
     /// Minimum number of agreeing (or disagreeing) votes for any decision (2).
     pub min_votes: usize,
@@ -49,17 +49,17 @@ pub struct CoreConfig {
     /// down, nothing is decided at all (the official status freezes) until they return.
     pub min_quorum: Option<usize>,
     /// Buffered votes for an unknown proposal live this long (2 min).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub buffered_vote_ttl: Duration,
     /// Tracked proposals are dropped this long after this node first saw them (10 min).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub proposal_ttl: Duration,
     /// Garbage-collection period (5 s).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub gc_interval: Duration,
     /// How long a decided proposal ID is remembered to ignore late duplicates (15 min:
     /// longer than any node can still be tracking it).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub decided_ttl: Duration,
     /// Cap on tracked proposals; proposals past it are refused and counted.
     pub max_proposals: usize,
@@ -72,7 +72,7 @@ pub struct CoreConfig {
     /// Collator: how long after the first finalize of a decision its votes are still
     /// collected before the decision is reported (500 ms). Votes and finalizes travel on
     /// different subjects, so a voter's vote can be handled after its own finalize.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_serde")]
     pub collator_vote_grace: Duration,
 }
 
@@ -153,16 +153,19 @@ impl CoreConfig {
     }
 }
 
-/// Durations in config files as humane strings (`"30s"`, `"10m"`, `"500ms"`) or seconds.
-mod humantime_serde_compat {
+/// Durations in config files as humane strings (`"30s"`, `"10m"`, `"500ms"`) or seconds,
+/// for `#[serde(with = "ibp_core::duration_serde")]`.
+pub mod duration_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes `d` as text (`"30s"`).
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&crate::config::format_duration(*d))
     }
 
+    /// Reads text (`"30s"`, `"10m"`) or a number of seconds.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]

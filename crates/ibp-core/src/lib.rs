@@ -19,7 +19,7 @@ pub mod sim;
 pub mod time;
 
 pub use check::{CheckKey, Observation};
-pub use config::{ConfigError, CoreConfig, format_duration, parse_duration};
+pub use config::{ConfigError, CoreConfig, duration_serde, format_duration, parse_duration};
 pub use consensus::{IdSource, ObserveOutcome, ProposeOutcome};
 pub use counters::Counters;
 pub use effect::{Decision, Effect, OfficialChange, Outbound};

@@ -45,15 +45,15 @@ pub struct ConnectOptions {
     /// Require TLS even if the server does not ask for it.
     pub tls_required: bool,
     /// Delay between reconnect attempts (2 s).
-    #[serde(with = "duration_text")]
+    #[serde(with = "ibp_core::duration_serde")]
     pub reconnect_delay: Duration,
     /// Give up after this many reconnect attempts (`None`: reconnect forever).
     pub max_reconnects: Option<usize>,
     /// Timeout of one connection attempt, TCP to first PONG (10 s).
-    #[serde(with = "duration_text")]
+    #[serde(with = "ibp_core::duration_serde")]
     pub connect_timeout: Duration,
     /// Ping interval (200 s).
-    #[serde(with = "duration_text")]
+    #[serde(with = "ibp_core::duration_serde")]
     pub ping_interval: Duration,
     /// Unanswered pings before the connection is declared stale (5). The client library
     /// fixes its own limit at 2, so the ping period is scaled to give the same detection
@@ -90,30 +90,6 @@ impl Default for ConnectOptions {
             no_echo: true,
             subscription_capacity: 1 << 20,
             retry_on_initial_connect: false,
-        }
-    }
-}
-
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&ibp_core::format_duration(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
-            Raw::Text(t) => ibp_core::parse_duration(&t).map_err(serde::de::Error::custom),
         }
     }
 }
