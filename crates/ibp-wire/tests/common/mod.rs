@@ -1,5 +1,5 @@
 //! Helpers shared by the wire tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::PathBuf;
 
