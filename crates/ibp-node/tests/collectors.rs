@@ -402,3 +402,45 @@ async fn replies_in_parts_respect_a_small_max_payload() {
     assert!(report.complete);
     assert_eq!(report.records.iter().map(|r| r.hits).sum::<i64>(), 6_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_node_on_mariadb_answers_and_a_broken_store_is_answered_as_an_error() {
+    let server = NatsServer::start().expect("server");
+    let db = ibp_testkit::TestDatabase::create().await.expect("MariaDB");
+    let store = Store::open(&db.url).await.expect("store");
+    let (svc, services) = DnsService::open(store, "dns-maria").await.expect("dns");
+    svc.store()
+        .increment_usage(&rows("dns-maria", 40, 3))
+        .await
+        .expect("seed");
+    let node = Node::connect(opts("dns-maria", &server.url()))
+        .await
+        .expect("connect");
+    node.enable(Role::Dns, services).await.expect("enable");
+    let c = collector(&server.url(), 1).await;
+    let report = collectors::request_all_dns_usage(&c, &request(), Duration::from_secs(10))
+        .await
+        .expect("fan-out");
+    assert_eq!(report.records.iter().map(|r| r.hits).sum::<i64>(), 120);
+    assert!(
+        report
+            .records
+            .iter()
+            .all(|r| r.node_id == "dns-maria" && r.date == "2026-11-20T00:00:00Z")
+    );
+    // The database goes away: the request is answered with the reason, not with silence.
+    svc.store().close().await;
+    let report = collectors::request_all_dns_usage(&c, &request(), Duration::from_secs(10))
+        .await
+        .expect("fan-out");
+    assert_eq!(report.answered, vec!["dns-maria".to_string()]);
+    assert!(
+        report
+            .errors
+            .get("dns-maria")
+            .is_some_and(|e| e.contains("usage store")),
+        "{:?}",
+        report.errors
+    );
+    db.drop_now().await;
+}
