@@ -41,6 +41,7 @@ pub enum ObservationResult {
 #[derive(Clone)]
 pub struct MonitorService {
     store: Store,
+    persisted: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl MonitorService {
@@ -59,7 +60,10 @@ impl MonitorService {
         let official = store.load_results(ResultKind::Official).await?;
         let local = store.load_results(ResultKind::Local).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let me = MonitorService { store };
+        let me = MonitorService {
+            store,
+            persisted: Arc::new(tokio::sync::watch::channel(0).0),
+        };
         let services = RoleServices {
             downtime: Some(Arc::new(me.clone())),
             official_sink: Some(tx),
@@ -102,9 +106,9 @@ impl MonitorService {
                     updated_at: now,
                 })
                 .collect();
-            if let Err(e) = retry("save official results", || self.store.save_results(&rows)).await
-            {
-                tracing::error!(error = %e, "official results not persisted");
+            match retry("save official results", || self.store.save_results(&rows)).await {
+                Ok(()) => self.persisted.send_modify(|n| *n += rows.len() as u64),
+                Err(e) => tracing::error!(error = %e, "official results not persisted"),
             }
             for c in batch.drain(..).filter(|c| c.flipped) {
                 let Some(key) = event_key(&c.key) else {
@@ -126,6 +130,19 @@ impl MonitorService {
                 }
             }
         }
+    }
+
+    /// Official changes persisted so far.
+    pub fn persisted(&self) -> u64 {
+        *self.persisted.borrow()
+    }
+
+    /// Waits until at least `n` official changes have been persisted.
+    pub async fn wait_persisted(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.persisted.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Records observations (all or nothing: callers validate first), proposing those that

@@ -77,22 +77,14 @@ async fn a_restarted_monitor_keeps_its_official_and_local_results() {
     }
     // Wait until monitor-3 persisted the official result, then restart it.
     let last = apps.pop().expect("three");
-    let store = last.monitor.as_ref().expect("monitor").store().clone();
-    let persisted = async {
-        loop {
-            let rows = store
-                .load_results(ibp_storage::ResultKind::Official)
-                .await
-                .expect("load");
-            if rows.iter().any(|r| r.key == key()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), persisted)
-        .await
-        .expect("persisted");
+    assert!(
+        last.monitor
+            .as_ref()
+            .expect("monitor")
+            .wait_persisted(1, Duration::from_secs(10))
+            .await,
+        "persisted"
+    );
     last.shutdown().await;
 
     let again = App::start(config("monitor-3", &server.url(), dir.path()))
