@@ -205,6 +205,43 @@ pub struct Connection {
     state: watch::Receiver<ConnState>,
     metrics: Arc<Metrics>,
     cell: ClientCell,
+    log_gate: Arc<LogGate>,
+}
+
+/// Bounds the logs a flood of bad messages can cause: at most `PER_WINDOW` lines per
+/// window; the next line after a window says how many were suppressed. Every bad message
+/// is still counted in the metrics.
+#[derive(Debug)]
+pub struct LogGate {
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl LogGate {
+    const PER_WINDOW: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new() -> LogGate {
+        LogGate {
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(suppressed since the last logged line)` when this one may be logged.
+    pub fn allow(&self) -> Option<u64> {
+        let mut s = self.state.lock().ok()?;
+        if s.0.elapsed() >= Self::WINDOW {
+            s.0 = std::time::Instant::now();
+            s.1 = 0;
+        }
+        if s.1 < Self::PER_WINDOW {
+            s.1 += 1;
+            let suppressed = std::mem::take(&mut s.2);
+            Some(suppressed)
+        } else {
+            s.2 += 1;
+            None
+        }
+    }
 }
 
 type ClientCell = Arc<std::sync::Mutex<Option<async_nats::Client>>>;
@@ -425,6 +462,7 @@ impl Connection {
             state: rx,
             metrics,
             cell: client_cell,
+            log_gate: Arc::new(LogGate::new()),
         })
     }
 
@@ -539,6 +577,33 @@ impl Connection {
         self.publish_bytes(subject, bytes.into()).await
     }
 
+    /// Sends a request (encoded as Go would) and decodes the single reply leniently.
+    pub async fn request<Req, Resp>(
+        &self,
+        subject: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, BusError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: ibp_wire::WireDecode,
+    {
+        let payload = ibp_wire::encode(req).map_err(|e| BusError::new("encode", subject, e))?;
+        let msg = tokio::time::timeout(
+            timeout,
+            self.client.request(subject.to_string(), payload.into()),
+        )
+        .await
+        .map_err(|_| BusError::new("request", subject, format!("no reply within {timeout:?}")))?
+        .map_err(|e| BusError::new("request", subject, e))?;
+        self.metrics.sent(subject);
+        self.metrics.received(msg.subject.as_str());
+        ibp_wire::decode::<Resp>(&msg.payload).map_err(|e| {
+            self.metrics.decode_failed(msg.subject.as_str());
+            BusError::new("decode", subject, e)
+        })
+    }
+
     /// Waits until everything published so far was written to the socket. This is not a
     /// server round trip; see [`Connection::barrier`].
     pub async fn flush(&self) -> Result<(), BusError> {
@@ -623,16 +688,20 @@ impl Connection {
     {
         let metrics = self.metrics.clone();
         let handler = Arc::new(handler);
+        let gate = self.log_gate.clone();
         self.subscribe(subject, concurrency, move |msg: Message| {
             let decoded = ibp_wire::decode::<T>(&msg.payload);
             let metrics = metrics.clone();
             let handler = handler.clone();
+            let gate = gate.clone();
             async move {
                 match decoded {
                     Ok(v) => handler(v, msg).await,
                     Err(e) => {
                         metrics.decode_failed(msg.subject.as_str());
-                        tracing::warn!(subject = %msg.subject, error = %e, bytes = msg.payload.len(), "dropping undecodable message");
+                        if let Some(suppressed) = gate.allow() {
+                            tracing::warn!(subject = %msg.subject, error = %e, bytes = msg.payload.len(), suppressed, "dropping undecodable message");
+                        }
                     }
                 }
             }

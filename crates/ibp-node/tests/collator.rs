@@ -124,10 +124,15 @@ async fn outage_lifecycle(db_url: &str, dir: &std::path::Path) {
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert!(evs[0].end_time.is_none());
     let votes = evs[0].vote_data.clone().expect("votes recorded");
-    assert_eq!(
-        votes.as_object().map(|o| o.len()),
-        Some(3),
-        "every monitor's vote: {votes}"
+    // At least the majority that decided; a monitor that learned the decision before it
+    // handled the proposal never votes (as in the reference).
+    let cast = votes.as_object().map(|o| o.len()).unwrap_or(0);
+    assert!(cast >= 2, "the deciding votes are recorded: {votes}");
+    assert!(
+        votes
+            .as_object()
+            .is_some_and(|o| o.values().all(|v| v == true)),
+        "{votes}"
     );
 
     decide(&ms, true).await;

@@ -414,3 +414,85 @@ async fn a_panicking_or_slow_handler_never_stops_the_subscription() {
     );
     assert!(b.metrics().encode().contains("ibp_handler_panics_total 5"));
 }
+
+#[tokio::test]
+async fn typed_requests_round_trip_and_undecodable_messages_are_counted_and_dropped() {
+    use ibp_wire::{UsageRequest, UsageResponse, Vote};
+    let server = NatsServer::start().expect("server");
+    let opts = opts_for(&server);
+    let a = connect(&opts).await;
+    let b = connect(&opts).await;
+    let responder = b.clone();
+    let _sub = b
+        .subscribe_decoded::<UsageRequest, _, _>(
+            "typed.req",
+            Concurrency::default(),
+            move |req, msg| {
+                let r = responder.clone();
+                async move {
+                    let resp = UsageResponse {
+                        node_id: req.domain,
+                        ..UsageResponse::default()
+                    };
+                    if let Some(reply) = msg.reply {
+                        r.publish(reply.as_str(), &resp).await.expect("reply");
+                    }
+                }
+            },
+        )
+        .await
+        .expect("subscribes");
+    b.barrier().await.expect("barrier");
+    let req = UsageRequest {
+        domain: "echo-me".into(),
+        ..UsageRequest::default()
+    };
+    let resp: UsageResponse = a
+        .request("typed.req", &req, Duration::from_secs(10))
+        .await
+        .expect("reply");
+    assert_eq!(resp.node_id, "echo-me");
+    let e = a
+        .request::<_, UsageResponse>("nobody.listens", &req, Duration::from_secs(10))
+        .await
+        .expect_err("no responders");
+    assert_eq!(e.op(), "request");
+
+    // A flood of garbage is counted, never handled, and the subscription keeps working.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let got = Arc::new(Notify::new());
+    let (s2, g2) = (seen.clone(), got.clone());
+    let _votes = b
+        .subscribe_decoded::<Vote, _, _>("typed.vote", Concurrency::Sequential, move |v, _| {
+            let (s, g) = (s2.clone(), g2.clone());
+            async move {
+                assert_eq!(v.proposal_id, "p1");
+                s.fetch_add(1, Ordering::SeqCst);
+                g.notify_one();
+            }
+        })
+        .await
+        .expect("subscribes");
+    b.barrier().await.expect("barrier");
+    for i in 0..500 {
+        a.publish_bytes("typed.vote", format!("{{not json {i}").into())
+            .await
+            .expect("publish");
+    }
+    a.publish_bytes(
+        "typed.vote",
+        r#"{"ProposalID":"p1","NodeID":"m","SenderNodeID":"m","Agree":true}"#.into(),
+    )
+    .await
+    .expect("publish");
+    a.flush().await.expect("flush");
+    tokio::time::timeout(Duration::from_secs(10), got.notified())
+        .await
+        .expect("the good vote after the garbage");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert!(
+        b.metrics()
+            .encode()
+            .contains(r#"ibp_decode_failures_total{subject="typed.vote"} 500"#)
+    );
+}
