@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use crate::metrics::Metrics;
 
 /// Connection options. `Default` gives the reference client's values (protocol §7).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `Debug` shows which secrets are set, never their values.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectOptions {
     /// Server URLs, comma-separated (`nats://a:4222,nats://b:4222`).
@@ -66,6 +67,30 @@ pub struct ConnectOptions {
     pub subscription_capacity: usize,
     /// Keep retrying the first connection instead of failing after one round of attempts.
     pub retry_on_initial_connect: bool,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("ConnectOptions")
+            .field("servers", &self.servers)
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("password", &set(&self.password))
+            .field("token", &set(&self.token))
+            .field("nkey_seed", &set(&self.nkey_seed))
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_required", &self.tls_required)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("max_pings_outstanding", &self.max_pings_outstanding)
+            .field("no_echo", &self.no_echo)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ConnectOptions {

@@ -86,7 +86,11 @@ fn secrets_never_appear_in_debug_output() {
         },
     )
     .expect("resolves");
-    for text in [format!("{m:?}"), format!("{cfg:?}")] {
+    for text in [
+        format!("{m:?}"),
+        format!("{cfg:?}"),
+        format!("{:?}", cfg.nats),
+    ] {
         assert!(
             !text.contains("natspasswd") && !text.contains("dbpasswd"),
             "{text}"
