@@ -340,9 +340,7 @@ impl Node {
         if let Ok(mut s) = self.inner.services.lock() {
             *s = services.clone();
         }
-        if let Ok(mut e) = self.inner.engine.lock() {
-            *e = Some(engine);
-        }
+        *self.engine() = Some(engine);
 
         let mut subs = Vec::new();
         subs.push(
@@ -412,16 +410,22 @@ impl Node {
             .await
     }
 
+    /// The engine lock. A panic while it was held (a bug in the core) leaves the state as
+    /// the last completed input left it; keep serving rather than going silent.
+    fn engine(&self) -> std::sync::MutexGuard<'_, Option<Engine>> {
+        self.inner
+            .engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Runs `f` on the engine under the lock (never across an await) with the current time.
     fn with_engine<R: Default>(&self, f: impl FnOnce(&mut Engine, DateTime<Utc>) -> R) -> R {
         let now = self.now();
-        match self.inner.engine.lock() {
-            Ok(mut g) => match g.as_mut() {
-                Some(e) => f(e, now),
-                None => R::default(),
-            },
-            Err(_) => R::default(),
-        }
+        self.engine()
+            .as_mut()
+            .map(|e| f(e, now))
+            .unwrap_or_default()
     }
 
     fn try_engine<R>(
@@ -429,11 +433,7 @@ impl Node {
         f: impl FnOnce(&mut Engine, DateTime<Utc>) -> Result<R, EngineError>,
     ) -> Result<R, ConsensusError> {
         let now = self.now();
-        let mut g = self
-            .inner
-            .engine
-            .lock()
-            .map_err(|_| ConsensusError::NotEnabled)?;
+        let mut g = self.engine();
         let e = g.as_mut().ok_or(ConsensusError::NotEnabled)?;
         Ok(f(e, now)?)
     }
@@ -441,10 +441,10 @@ impl Node {
     /// Reads the engine (for snapshots).
     fn read_engine<R: Default>(&self, f: impl FnOnce(&Engine, DateTime<Utc>) -> R) -> R {
         let now = self.now();
-        match self.inner.engine.lock() {
-            Ok(g) => g.as_ref().map(|e| f(e, now)).unwrap_or_default(),
-            Err(_) => R::default(),
-        }
+        self.engine()
+            .as_ref()
+            .map(|e| f(e, now))
+            .unwrap_or_default()
     }
 
     /// Carries out the core's effects, in order.

@@ -546,6 +546,40 @@ async fn dns_hits_over_http_are_flushed_on_shutdown_and_collected() {
     .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["hitsByNode"]["dns-1"], 42, "{report}");
+    // The one-shot usage collector sees the same.
+    let out = Command::new(BIN)
+        .args([
+            "usage",
+            "--nats-url",
+            &server.url(),
+            "--from",
+            &day,
+            "--to",
+            &day,
+            "--aggregate",
+            "--timeout",
+            "10s",
+        ])
+        .output()
+        .expect("usage");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(r["answered"], json!(["dns-1"]), "{r}");
+    assert!(
+        r["records"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x["nodeid"] == "dns-1")),
+        "{r}"
+    );
+    let total: i64 = r["aggregated"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["hits"].as_i64()).sum())
+        .unwrap_or(0);
+    assert_eq!(total, 42, "{r}");
     let (status, e) = post(
         &c.http,
         "/v1/usage/collect",
