@@ -1,7 +1,7 @@
 //! Thousands of seeded simulations of 3–9 monitors under loss, duplication, reordering,
 //! partitions, crashes and clock skew, checking the invariants of `ibp_core::sim`.
 //!
-//! * `IBP_SIM_SEEDS=N` runs N seeds (default 2000).
+//! * `IBP_SIM_SEEDS=N` runs N seeds (default 4000).
 //! * `IBP_SIM_SEED=S` replays the single seed S with a full event trace.
 //! * `IBP_TEST_SEED=B` fixes the base seed of the batch (printed on every run).
 
@@ -30,7 +30,7 @@ fn invariants_hold_on_thousands_of_seeds() {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    let count = env_u64("IBP_SIM_SEEDS").unwrap_or(2000);
+    let count = env_u64("IBP_SIM_SEEDS").unwrap_or(4000);
     eprintln!(
         "simulation: base seed {base} (replay the batch with IBP_TEST_SEED={base}), {count} seeds"
     );

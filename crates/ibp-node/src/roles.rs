@@ -554,6 +554,7 @@ pub struct CollatorService {
     store: Store,
     usage_timeout: Duration,
     recorded: Arc<tokio::sync::watch::Sender<u64>>,
+    collections: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl CollatorService {
@@ -575,6 +576,7 @@ impl CollatorService {
             store,
             usage_timeout,
             recorded: Arc::new(tokio::sync::watch::channel(0).0),
+            collections: Arc::new(tokio::sync::watch::channel(0).0),
         };
         let services = RoleServices {
             usage_push: Some(Arc::new(me.clone())),
@@ -640,6 +642,15 @@ impl CollatorService {
     /// Waits until at least `n` passed decisions have been newly recorded.
     pub async fn wait_recorded(&self, n: u64, timeout: Duration) -> bool {
         let mut rx = self.recorded.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until at least `n` usage collections have completed (start-up backfill, hourly
+    /// runs, operator requests).
+    pub async fn wait_collections(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.collections.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|v| *v >= n))
             .await
             .is_ok_and(|r| r.is_ok())
@@ -814,6 +825,7 @@ impl CollatorService {
             d = d.succ_opt().unwrap_or(to + chrono::Days::new(1));
         }
         tracing::info!(from = %from, to = %to, rows = rows.len(), nodes = report.answered.len(), missing = ?report.missing, "usage collected");
+        self.collections.send_modify(|n| *n += 1);
         Ok(CollectReport {
             days,
             stored: rows.len(),

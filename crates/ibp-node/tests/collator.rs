@@ -366,3 +366,52 @@ async fn usage_from_three_dns_nodes_is_stored_per_node_and_idempotently_on_maria
     usage_collection(&db.url).await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_start_up_the_collator_backfills_the_last_two_days() {
+    let server = NatsServer::start().expect("server");
+    let dir = tempfile::tempdir().expect("dir");
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today.pred_opt().expect("date");
+    let three_days_ago = today - chrono::Days::new(2);
+    let _d = dns(
+        &server.url(),
+        "dns-1",
+        &[(three_days_ago, 7), (yesterday, 10), (today, 20)],
+    )
+    .await;
+    let _m = monitors(&server.url(), 1).await;
+    let mut cfg = collator_config(
+        &server.url(),
+        &format!("sqlite://{}", dir.path().join("c.db").display()),
+        dir.path(),
+        false,
+    );
+    cfg.collator.hourly = true;
+    cfg.collator.backfill_days = 2;
+    let app = App::start(cfg).await.expect("collator starts");
+    assert!(
+        collator(&app)
+            .wait_collections(1, Duration::from_secs(30))
+            .await,
+        "the backfill ran"
+    );
+    let store = collator(&app).store();
+    let sum = |rows: Vec<(String, i64)>| rows.iter().map(|(_, h)| h).sum::<i64>();
+    assert_eq!(
+        sum(store
+            .usage_totals_by_node(yesterday, today)
+            .await
+            .expect("totals")),
+        2 * (10 + 20)
+    );
+    assert_eq!(
+        sum(store
+            .usage_totals_by_node(three_days_ago, three_days_ago)
+            .await
+            .expect("totals")),
+        0,
+        "only the last 2 days"
+    );
+    app.shutdown().await;
+}
