@@ -184,6 +184,18 @@ impl Consensus {
         c: &mut Counters,
         out: &mut Vec<Effect>,
     ) {
+        self.record_local(obs, now, m, c, out);
+    }
+
+    /// Records a local observation; returns the proposals it voted on again.
+    fn record_local(
+        &mut self,
+        obs: Observation,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) -> Vec<String> {
         let Observation {
             key,
             status,
@@ -207,10 +219,12 @@ impl Consensus {
                 .flatten()
                 .cloned()
                 .collect();
-            for id in ids {
-                self.vote_own(&id, now, m, c, out);
+            for id in &ids {
+                self.vote_own(id, now, m, c, out);
             }
+            return ids;
         }
+        Vec::new()
     }
 
     /// A local observation as a Go monitor handles a check result: record it, and propose
@@ -223,7 +237,7 @@ impl Consensus {
         c: &mut Counters,
         out: &mut Vec<Effect>,
     ) -> ObserveOutcome {
-        self.set_local(obs.clone(), now, m, c, out);
+        let revoted = self.record_local(obs.clone(), now, m, c, out);
         if self
             .official
             .get(&obs.key)
@@ -231,13 +245,14 @@ impl Consensus {
         {
             return ObserveOutcome::Unchanged;
         }
-        ObserveOutcome::Proposed(self.propose(obs, now, m, c, out))
+        ObserveOutcome::Proposed(self.propose_inner(obs, now, m, c, out, &revoted))
     }
 
     /// Proposes `status` for `key` (the reference `ProposeCheckStatus`). If an undecided
     /// proposal with the same check and status is tracked, votes on it again instead, and
     /// republishes it when it is this node's own and was last broadcast at least
-    /// `republish_after` ago.
+    /// `republish_after` ago. As in the reference, the vote comes from the local result:
+    /// record it first ([`Consensus::set_local`]), or use [`Consensus::observe`].
     pub fn propose(
         &mut self,
         obs: Observation,
@@ -245,6 +260,18 @@ impl Consensus {
         m: &Membership,
         c: &mut Counters,
         out: &mut Vec<Effect>,
+    ) -> ProposeOutcome {
+        self.propose_inner(obs, now, m, c, out, &[])
+    }
+
+    fn propose_inner(
+        &mut self,
+        obs: Observation,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+        already_voted: &[String],
     ) -> ProposeOutcome {
         if m.role() != Role::Monitor {
             return ProposeOutcome::Refused;
@@ -278,7 +305,9 @@ impl Consensus {
                     c.proposals_republished += 1;
                     republished = true;
                 }
-                self.vote_own(&id, now, m, c, out);
+                if !already_voted.contains(&id) {
+                    self.vote_own(&id, now, m, c, out);
+                }
                 return if republished {
                     ProposeOutcome::Republished(id)
                 } else {
@@ -445,6 +474,10 @@ impl Consensus {
             return;
         }
         if let Some(t) = self.tracked.get_mut(&v.proposal_id) {
+            if t.votes.len() >= self.cfg.max_nodes && !t.votes.contains_key(&v.node_id) {
+                c.refused_pending_votes += 1;
+                return;
+            }
             t.votes.insert(v.node_id, v.agree);
             let id = v.proposal_id;
             self.decide(&id, now, m, c, out);
@@ -671,9 +704,13 @@ impl Consensus {
             if cur.proposal.id == p.id {
                 return false;
             }
+            // Only this node's own order counts, never the proposers' clocks (a fast or
+            // forged clock would otherwise block every later decision). A proposal this node
+            // never tracked is ordered by its arrival: a duplicate of a decision it already
+            // knew never gets here (the decided set stops it first).
             let stale = match (seen_at, cur.seen_at) {
                 (Some(new), Some(old)) => new < old,
-                _ => p.timestamp.instant() < cur.proposal.timestamp.instant(),
+                _ => false,
             };
             if stale {
                 c.stale_decisions += 1;

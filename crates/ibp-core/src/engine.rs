@@ -131,14 +131,19 @@ impl Engine {
                     c.invalid_messages += 1;
                     return out;
                 }
-                self.membership.heard(
+                // A voter the node cap refused can never count: do not store its vote.
+                if self.membership.heard(
                     &v.sender_node_id,
                     true,
                     sent_at(&v.timestamp),
                     now,
                     c,
                     &mut out,
-                );
+                ) == crate::membership::Heard::Refused
+                {
+                    c.refused_pending_votes += 1;
+                    return out;
+                }
                 if let Some(cons) = &mut self.consensus {
                     cons.on_vote(v, now, &self.membership, c, &mut out);
                 } else if let Some(cache) = &mut self.cache {

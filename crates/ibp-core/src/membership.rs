@@ -271,8 +271,10 @@ impl Membership {
             (&mut m.listen_address, &s.listen_address),
             (&mut m.listen_port, &s.listen_port),
         ] {
-            if !incoming.is_empty() && slot != incoming {
-                filled |= slot.is_empty();
+            // Like the reference, a join only fills in what is missing: a node's role and
+            // addresses cannot be rewritten by a later message claiming its ID.
+            if !incoming.is_empty() && slot.is_empty() {
+                filled = true;
                 *slot = incoming.clone();
             }
         }

@@ -38,23 +38,94 @@ fn a_late_duplicate_finalize_of_an_older_decision_never_overwrites_a_newer_resul
 }
 
 #[test]
-fn a_decision_seen_for_the_first_time_but_older_than_the_official_one_is_not_applied() {
+fn proposer_clocks_never_order_decisions() {
     let mut e = monitor("m1");
     with_monitors(&mut e, &["m2", "m3"], t0());
-    let new = proposal("NEW", "m3", "alpha", true, secs(60));
-    e.handle(Input::Proposal(new.clone()), secs(60));
-    e.handle(finalize(&new, "m3", true), secs(61));
-    // This node never saw OLD (lost proposal and finalizes); only its proposer clock orders it.
+    // A proposer whose clock runs a year ahead (or lies) gets a decision through.
+    let far = ibp_core::time::after(t0(), std::time::Duration::from_secs(365 * 86_400));
+    let future = proposal("FUTURE", "m2", "alpha", false, far);
+    e.handle(finalize(&future, "m2", true), secs(1));
+    assert_eq!(official(&e, "alpha"), Some(false));
+    // A later, honest decision still applies, tracked or not.
+    let honest = proposal("HONEST", "m3", "alpha", true, secs(60));
+    e.handle(finalize(&honest, "m3", true), secs(61));
+    assert_eq!(official(&e, "alpha"), Some(true));
+    let tracked = proposal("TRACKED", "m2", "alpha", false, secs(120));
+    e.handle(Input::Proposal(tracked.clone()), secs(120));
+    e.handle(finalize(&tracked, "m2", true), secs(121));
+    assert_eq!(official(&e, "alpha"), Some(false));
+    assert_eq!(e.counters().stale_decisions, 0);
+}
+
+#[test]
+fn an_older_tracked_proposal_decided_late_does_not_overwrite_a_newer_one() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3"], t0());
     let old = proposal("OLD", "m2", "alpha", false, t0());
-    let fx = e.handle(finalize(&old, "m2", true), secs(62));
-    assert!(applied(&fx).is_empty());
+    let new = proposal("NEW", "m3", "alpha", true, secs(30));
+    e.handle(Input::Proposal(old.clone()), secs(1));
+    e.handle(Input::Proposal(new.clone()), secs(30));
+    e.handle(finalize(&new, "m3", true), secs(31));
+    let fx = e.handle(finalize(&old, "m2", true), secs(32));
+    assert!(
+        applied(&fx).is_empty(),
+        "first seen before the official one: stale"
+    );
     assert_eq!(e.counters().stale_decisions, 1);
     assert_eq!(official(&e, "alpha"), Some(true));
-    // A fresh decision still applies.
-    let newer = proposal("NEWER", "m2", "alpha", false, secs(120));
-    e.handle(Input::Proposal(newer.clone()), secs(120));
-    e.handle(finalize(&newer, "m2", true), secs(121));
-    assert_eq!(official(&e, "alpha"), Some(false));
+}
+
+#[test]
+fn a_changed_observation_votes_once_per_proposal() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
+    set_local(&mut e, "alpha", true, t0());
+    e.handle(
+        Input::Proposal(proposal("A", "m2", "alpha", false, t0())),
+        at(1),
+    );
+    let (_, fx) = e
+        .observe(ibp_core::Observation::new(key("alpha"), false), at(2))
+        .expect("monitor");
+    let v: Vec<_> = votes_out(&fx)
+        .into_iter()
+        .filter(|v| v.proposal_id == "A")
+        .collect();
+    assert_eq!(
+        v.len(),
+        1,
+        "re-voted once, not once by the observation and again by the proposal"
+    );
+    assert!(v[0].agree);
+}
+
+#[test]
+fn a_join_cannot_rewrite_a_known_nodes_role() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2"], t0());
+    e.handle(join("m2", "IBPDns"), at(1));
+    assert_eq!(e.count_active(Role::Monitor, at(1)), 2, "still a monitor");
+    assert_eq!(e.count_active(Role::Dns, at(1)), 0);
+}
+
+#[test]
+fn votes_of_nodes_refused_by_the_node_cap_are_not_stored() {
+    let cfg = CoreConfig {
+        max_nodes: 3,
+        ..CoreConfig::default()
+    };
+    let mut e = engine("m1", Role::Monitor, cfg);
+    with_monitors(&mut e, &["m2", "m3", "m4"], t0());
+    e.handle(
+        Input::Proposal(proposal("A", "m2", "alpha", false, t0())),
+        at(1),
+    );
+    for i in 0..100 {
+        e.handle(vote("A", &format!("forged-{i}"), true), at(2));
+    }
+    let t = &e.consensus().expect("monitor").tracked()["A"];
+    assert!(t.votes.len() <= 3, "{} votes stored", t.votes.len());
+    assert!(e.counters().refused_pending_votes >= 100);
 }
 
 #[test]
