@@ -57,6 +57,7 @@ pub struct App {
     pub ibp_config: SharedIbpConfig,
     store: Store,
     stop: watch::Sender<bool>,
+    http_stop: watch::Sender<bool>,
     http_task: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     drain_tasks: Vec<JoinHandle<()>>,
@@ -65,7 +66,7 @@ pub struct App {
 impl App {
     /// Starts a node with the system clock.
     pub async fn start(cfg: NodeConfig) -> Result<App, StartError> {
-        App::start_with(cfg, Arc::new(SystemClock), None).await
+        App::start_with(cfg, Arc::new(SystemClock::new()), None).await
     }
 
     /// Starts a node. `ibp` gives fixed member/service lists (else they are loaded from
@@ -176,7 +177,7 @@ impl App {
             dns: dns.clone(),
             collator: collator.clone(),
         };
-        let rx = stop.subscribe();
+        let (http_stop, rx) = watch::channel(false);
         let http_task = tokio::spawn(async move {
             if let Err(e) = serve(listener, state, rx).await {
                 tracing::error!(error = %e, "HTTP API stopped");
@@ -192,6 +193,7 @@ impl App {
             ibp_config,
             store,
             stop,
+            http_stop,
             http_task: Some(http_task),
             tasks,
             drain_tasks,
@@ -201,21 +203,23 @@ impl App {
     /// Leaves the cluster, finishes in-flight work, flushes storage, stops the API. Each
     /// step is bounded so the whole takes well under 5 s.
     pub async fn shutdown(mut self) {
+        // Inputs first: no hit or observation may arrive after the final flush.
+        let _ = self.http_stop.send(true);
+        if let Some(h) = self.http_task.take() {
+            let _ = tokio::time::timeout(crate::http::SHUTDOWN_GRACE, h).await;
+        }
         let _ = self.stop.send(true);
-        self.node.shutdown(Duration::from_millis(1500)).await;
+        self.node.shutdown(Duration::from_secs(1)).await;
         for t in self.drain_tasks.drain(..) {
             if tokio::time::timeout(Duration::from_secs(2), t)
                 .await
                 .is_err()
             {
-                tracing::warn!("a storage task did not finish within 2 s");
+                tracing::warn!("a storage task did not finish within 2 s; what it held is lost");
             }
         }
         for t in self.tasks.drain(..) {
             t.abort();
-        }
-        if let Some(h) = self.http_task.take() {
-            let _ = tokio::time::timeout(crate::http::SHUTDOWN_GRACE, h).await;
         }
         self.store.close().await;
     }

@@ -28,13 +28,35 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }
 
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+/// The production clock: the wall clock read once, then advanced by the monotonic clock.
+/// Timers and ages therefore never jump when the wall clock is stepped (NTP, a resumed VM);
+/// the core would otherwise stall heartbeats and timeouts for as long as a backward step.
+/// NTP's gradual slewing still applies, so timestamps on the wire keep tracking real time.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    start_wall: DateTime<Utc>,
+    start: std::time::Instant,
+}
+
+impl SystemClock {
+    /// A clock anchored at the current wall time.
+    pub fn new() -> SystemClock {
+        SystemClock {
+            start_wall: Utc::now(),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        ibp_core::time::after(self.start_wall, self.start.elapsed())
     }
 }
 
@@ -103,7 +125,7 @@ impl NodeOptions {
             listen_address: String::new(),
             listen_port: String::new(),
             reconcile_interval: Duration::from_secs(30),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemClock::new()),
         }
     }
 }
@@ -219,7 +241,7 @@ struct Inner {
     conn: Connection,
     metrics: Arc<Metrics>,
     engine: Mutex<Option<Engine>>,
-    role: std::sync::OnceLock<Role>,
+    role: Mutex<Option<Role>>,
     wake: Notify,
     decisions: broadcast::Sender<Decision>,
     services: Mutex<RoleServices>,
@@ -241,7 +263,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.inner.id)
-            .field("role", &self.inner.role.get())
+            .field("role", &self.role())
             .finish_non_exhaustive()
     }
 }
@@ -265,7 +287,7 @@ impl Node {
                 conn,
                 metrics,
                 engine: Mutex::new(None),
-                role: std::sync::OnceLock::new(),
+                role: Mutex::new(None),
                 wake: Notify::new(),
                 decisions,
                 services: Mutex::new(RoleServices::default()),
@@ -284,7 +306,11 @@ impl Node {
 
     /// The role, once enabled.
     pub fn role(&self) -> Option<Role> {
-        self.inner.role.get().copied()
+        *self
+            .inner
+            .role
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The NATS connection.
@@ -311,14 +337,42 @@ impl Node {
     /// extension), starts the joins, heartbeat, timers and garbage collection, and
     /// re-announces after every reconnect. A second call is an error.
     pub async fn enable(&self, role: Role, services: RoleServices) -> Result<(), EnableError> {
-        if let Some(r) = self.inner.role.get() {
-            return Err(EnableError::AlreadyEnabled(*r));
+        {
+            let mut r = self
+                .inner
+                .role
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(r) = *r {
+                return Err(EnableError::AlreadyEnabled(r));
+            }
+            *r = Some(role);
         }
-        if self.inner.role.set(role).is_err() {
-            return Err(EnableError::AlreadyEnabled(
-                self.inner.role.get().copied().unwrap_or(role),
-            ));
+        let mut subs = Vec::new();
+        match self.enable_inner(role, services, &mut subs).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Undo, so the caller can try again (e.g. once the server is back).
+                for s in subs {
+                    s.stop(Duration::from_millis(100)).await;
+                }
+                *self.engine() = None;
+                *self
+                    .inner
+                    .role
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                Err(e)
+            }
         }
+    }
+
+    async fn enable_inner(
+        &self,
+        role: Role,
+        services: RoleServices,
+        subs: &mut Vec<SubscriptionHandle>,
+    ) -> Result<(), EnableError> {
         let o = &self.inner.opts;
         let me = SelfInfo {
             node_id: self.inner.id.to_string(),
@@ -342,7 +396,6 @@ impl Node {
         }
         *self.engine() = Some(engine);
 
-        let mut subs = Vec::new();
         subs.push(
             self.subscribe_input::<ClusterMessage>(subjects::CLUSTER, Input::Cluster)
                 .await?,
@@ -360,10 +413,28 @@ impl Node {
                 self.subscribe_input::<Vote>(subjects::VOTE, Input::Vote)
                     .await?,
             );
-            subs.push(
-                self.subscribe_input::<FinalizeMessage>(subjects::FINALIZE, Input::Finalize)
-                    .await?,
-            );
+            if role == Role::Collator && services.finalize_durable {
+                // Finalizes come from the JetStream consumer; here only their senders count.
+                let node = self.clone();
+                subs.push(
+                    self.inner
+                        .conn
+                        .subscribe_decoded::<FinalizeMessage, _, _>(
+                            subjects::FINALIZE,
+                            Concurrency::Sequential,
+                            move |f, _| {
+                                let node = node.clone();
+                                async move { node.heard(f.finalizer()) }
+                            },
+                        )
+                        .await?,
+                );
+            } else {
+                subs.push(
+                    self.subscribe_input::<FinalizeMessage>(subjects::FINALIZE, Input::Finalize)
+                        .await?,
+                );
+            }
         }
         match role {
             Role::Monitor => subs
@@ -375,11 +446,11 @@ impl Node {
                 collectors::receive_usage_pushes(self.clone(), services.usage_push.clone()).await?,
             ),
         }
-        if let Ok(mut s) = self.inner.subs.lock() {
-            s.extend(subs);
-        }
         // Subscriptions must be live at the server before others answer our joins.
         self.inner.conn.barrier().await?;
+        if let Ok(mut s) = self.inner.subs.lock() {
+            s.extend(subs.drain(..));
+        }
 
         let fx = self.with_engine(|e, now| e.enable(now).unwrap_or_default());
         self.run_effects(fx).await;
@@ -405,6 +476,9 @@ impl Node {
                     let fx = node.with_engine(|e, now| e.handle(wrap(msg), now));
                     node.run_effects(fx).await;
                     node.inner.changed.send_modify(|g| *g += 1);
+                    // Even an input without effects can move the next deadline (a newly
+                    // tracked proposal's timeout).
+                    node.inner.wake.notify_one();
                 }
             })
             .await

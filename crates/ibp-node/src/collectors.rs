@@ -217,7 +217,14 @@ pub async fn request_all_monitors_downtime(
 struct Assembly<T> {
     parts: BTreeMap<u32, Vec<T>>,
     count: u32,
+    answer_id: String,
 }
+
+/// Longest date range a DNS node answers in one usage request.
+const MAX_USAGE_DAYS: i64 = 366;
+
+/// Most parts one answer may announce (a 100 GB reply at 1 MB per part).
+const MAX_PARTS: u32 = 100_000;
 
 async fn fan_out<K: Kind>(
     node: &Node,
@@ -281,6 +288,33 @@ async fn fan_out<K: Kind>(
         if from.is_empty() || done.contains(&from) {
             continue;
         }
+        // Only nodes of the role are listened to: anything else on the inbox could grow
+        // this fan-out's memory until the timeout.
+        if !expected.contains(&from) && !node.active_ids(K::ROLE).contains(&from) {
+            tracing::warn!(kind = K::NAME, from = %from, "reply from a node that is not an active {} ignored", K::ROLE.short_name());
+            continue;
+        }
+        let (index, count) = match header(&msg, ext::HDR_PART) {
+            None => (1, 1),
+            Some(v) => match ext::parse_part(&v).filter(|(_, n)| *n <= MAX_PARTS) {
+                Some(p) => p,
+                None => {
+                    conn.metrics().decode_failed(&inbox);
+                    tracing::warn!(kind = K::NAME, from = %from, header = %v, "reply part with a bad Ibp-Part header dropped");
+                    continue;
+                }
+            },
+        };
+        let answer_id = header(&msg, ext::HDR_REPLY_ID).unwrap_or_default();
+        let a = assembling.entry(from.clone()).or_insert_with(|| Assembly {
+            parts: BTreeMap::new(),
+            count,
+            answer_id: answer_id.clone(),
+        });
+        // A node that answered twice: keep the parts of its first answer only.
+        if a.answer_id != answer_id || a.count != count {
+            continue;
+        }
         node.heard(&from);
         if !error.is_empty() {
             errors.insert(from.clone(), error);
@@ -288,14 +322,6 @@ async fn fan_out<K: Kind>(
         for it in &mut items {
             K::stamp(it, &from);
         }
-        let (index, count) = header(&msg, ext::HDR_PART)
-            .and_then(|v| ext::parse_part(&v))
-            .unwrap_or((1, 1));
-        let a = assembling.entry(from.clone()).or_insert_with(|| Assembly {
-            parts: BTreeMap::new(),
-            count,
-        });
-        a.count = a.count.max(count);
         a.parts.entry(index).or_insert(items);
         if a.parts.len() as u32 >= a.count {
             done.insert(from);
@@ -367,7 +393,7 @@ pub fn aggregate_usage(records: &[UsageRecord]) -> Vec<UsageRecord> {
             r.is_ipv6,
         );
         sums.entry(key)
-            .and_modify(|s| s.hits += r.hits)
+            .and_modify(|s| s.hits = s.hits.saturating_add(r.hits))
             .or_insert_with(|| UsageRecord {
                 node_id: String::new(),
                 date: UsageRecord::format_day(day),
@@ -396,7 +422,13 @@ async fn answer<K: Kind>(
     let encoded: Vec<Vec<u8>> = match items.iter().map(ibp_wire::encode).collect() {
         Ok(e) => e,
         Err(e) => {
-            tracing::error!(error = %e, "cannot encode reply");
+            tracing::error!(kind = K::NAME, error = %e, "cannot encode reply; answering with the error");
+            let _ = conn
+                .publish_bytes(
+                    reply,
+                    assemble::<K>(me, &[], &format!("cannot encode the reply: {e}")).into(),
+                )
+                .await;
             return;
         }
     };
@@ -437,6 +469,24 @@ async fn answer<K: Kind>(
     }
     // Pack records greedily into parts that each fit.
     let overhead = assemble::<K>(me, &[], &error).len() + 16;
+    if let Some(big) = encoded
+        .iter()
+        .map(Vec::len)
+        .max()
+        .filter(|n| overhead + n > limit)
+    {
+        node.metrics().replies_too_large.inc();
+        let msg = format!(
+            "a single record of {big} bytes exceeds the server's max_payload of {} bytes",
+            conn.max_payload()
+        );
+        tracing::error!(kind = K::NAME, bytes = big, "{msg}");
+        let _ = conn
+            .publish_bytes(reply, assemble::<K>(me, &[], &msg).into())
+            .await;
+        return;
+    }
+    let answer_id = uuid::Uuid::new_v4().simple().to_string();
     let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
     let (mut start, mut size) = (0, overhead);
     for (i, e) in encoded.iter().enumerate() {
@@ -456,6 +506,7 @@ async fn answer<K: Kind>(
         let body = assemble::<K>(me, &encoded[range], err);
         let mut h = HeaderMap::new();
         h.insert(ext::HDR_NODE, me);
+        h.insert(ext::HDR_REPLY_ID, answer_id.as_str());
         h.insert(ext::HDR_PART, format!("{}/{count}", i + 1).as_str());
         if conn
             .publish_with_headers(reply, h, body.into())
@@ -526,6 +577,12 @@ pub async fn serve_usage(
                     }
                     Ok(req) => match (req.date_range(), &source) {
                         (Err(e), _) => Err(e),
+                        // Any client on the bus can ask; a whole table at once is refused.
+                        (Ok((from, to)), _) if (to - from).num_days() > MAX_USAGE_DAYS => {
+                            Err(format!(
+                                "at most {MAX_USAGE_DAYS} days per request (asked {from} to {to})"
+                            ))
+                        }
                         (Ok(_), None) => Err("this node has no usage store".to_string()),
                         (Ok((from, to)), Some(s)) => s.usage(req, from, to).await,
                     },

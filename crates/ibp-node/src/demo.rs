@@ -231,7 +231,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         let cfg = node_config(role, id, &url, dir.path())?;
         let app = App::start_with(
             cfg,
-            std::sync::Arc::new(crate::cluster::SystemClock),
+            std::sync::Arc::new(crate::cluster::SystemClock::new()),
             Some(shared.clone()),
         )
         .await

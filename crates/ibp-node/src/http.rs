@@ -297,10 +297,11 @@ pub fn parse_observation(
             ));
         }
     };
-    let check_name = field_str(m, at, "checkName", true)?;
-    let member = field_str(m, at, "memberName", true)?;
-    let domain = field_str(m, at, "domainName", check_type != CheckType::Site)?;
-    let endpoint = field_str(m, at, "endpoint", check_type == CheckType::Endpoint)?;
+    // The widths of the member_events columns these end up in.
+    let check_name = field_str_max(m, at, "checkName", true, 64)?;
+    let member = field_str_max(m, at, "memberName", true, 128)?;
+    let domain = field_str_max(m, at, "domainName", check_type != CheckType::Site, 128)?;
+    let endpoint = field_str_max(m, at, "endpoint", check_type == CheckType::Endpoint, 256)?;
     if check_type == CheckType::Site && (!domain.is_empty() || !endpoint.is_empty()) {
         return Err(format!(
             "{at}.domainName: site checks have no domain or endpoint"
@@ -314,7 +315,7 @@ pub fn parse_observation(
     }
     let is_ipv6 = field_bool(m, at, "isIPv6")?;
     let status = field_bool(m, at, "status")?;
-    let error_text = field_str(m, at, "errorText", false)?;
+    let error_text = field_str_max(m, at, "errorText", false, 4096)?;
     let data = match m.get("data") {
         None | Some(Value::Null) => Data::none(),
         Some(v @ Value::Object(_)) => Data::from_value(v),
@@ -369,22 +370,14 @@ async fn hits(State(s): State<AppState>, body: Bytes) -> Response {
         items
             .into_iter()
             .enumerate()
-            .map(|(i, m)| {
-                let h: Hit = serde_json::from_value(Value::Object(m))
-                    .map_err(|e| format!("hits[{i}]: {e}"))?;
-                if h.domain.trim().is_empty() {
-                    return Err(format!("hits[{i}].domain: must not be empty"));
-                }
-                if h.hits.is_some_and(|n| n < 0) {
-                    return Err(format!("hits[{i}].hits: must not be negative"));
-                }
-                Ok(h)
-            })
+            .map(|(i, m)| parse_hit(&m, &format!("hits[{i}]")))
             .collect::<Result<Vec<_>, _>>()
     });
     match parsed {
         Ok(hs) => {
-            let n: i64 = hs.iter().map(|h| h.hits.unwrap_or(1)).sum();
+            let n: i64 = hs
+                .iter()
+                .fold(0i64, |a, h| a.saturating_add(h.hits.unwrap_or(1)));
             for h in &hs {
                 dns.record_dns_hit(h);
             }
@@ -400,6 +393,99 @@ async fn hits(State(s): State<AppState>, body: Bytes) -> Response {
     }
 }
 
+const HIT_FIELDS: [&str; 9] = [
+    "date",
+    "domain",
+    "member",
+    "countryCode",
+    "countryName",
+    "asn",
+    "network",
+    "isIPv6",
+    "hits",
+];
+
+/// A string field no longer than the usage column it ends up in.
+fn field_str_max(
+    m: &serde_json::Map<String, Value>,
+    at: &str,
+    name: &str,
+    required: bool,
+    max: usize,
+) -> Result<String, String> {
+    let v = field_str(m, at, name, required)?;
+    if v.chars().count() > max {
+        return Err(format!("{at}.{name}: longer than {max} characters"));
+    }
+    Ok(v)
+}
+
+/// Validates one hit object (each field named in errors).
+pub fn parse_hit(m: &serde_json::Map<String, Value>, at: &str) -> Result<Hit, String> {
+    if let Some(k) = m.keys().find(|k| !HIT_FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "{at}.{k}: unknown field (expected {})",
+            HIT_FIELDS.join(", ")
+        ));
+    }
+    let date = match m.get("date") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => {
+            let day = NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|_| format!("{at}.date: {d:?} is not a YYYY-MM-DD date"))?;
+            if !(2000..=9999).contains(&chrono::Datelike::year(&day)) {
+                return Err(format!("{at}.date: {d:?} is out of range"));
+            }
+            Some(day)
+        }
+        Some(other) => {
+            return Err(format!(
+                "{at}.date: expected a YYYY-MM-DD string, got {}",
+                kind(other)
+            ));
+        }
+    };
+    let hits = match m.get("hits") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(h) if (0..=i64::from(u32::MAX)).contains(&h) => Some(h),
+            _ => {
+                return Err(format!(
+                    "{at}.hits: {n} is not an integer from 0 to {}",
+                    u32::MAX
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "{at}.hits: expected an integer, got {}",
+                kind(other)
+            ));
+        }
+    };
+    let is_ipv6 = match m.get("isIPv6") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "{at}.isIPv6: expected a boolean, got {}",
+                kind(other)
+            ));
+        }
+    };
+    Ok(Hit {
+        date,
+        domain: field_str_max(m, at, "domain", true, 128)?,
+        member: field_str_max(m, at, "member", false, 64)?,
+        country_code: field_str_max(m, at, "countryCode", false, 2)?,
+        country_name: field_str_max(m, at, "countryName", false, 64)?,
+        asn: field_str_max(m, at, "asn", false, 32)?,
+        network: field_str_max(m, at, "network", false, 96)?,
+        is_ipv6,
+        hits,
+    })
+}
+
 fn parse_day(m: &serde_json::Map<String, Value>, name: &str) -> Result<NaiveDate, String> {
     let s = field_str(m, "body", name, true)?;
     NaiveDate::parse_from_str(&s, "%Y-%m-%d")
@@ -411,6 +497,12 @@ async fn collect(State(s): State<AppState>, body: Bytes) -> Response {
         return not_for_role(&s.node, "POST /v1/usage/collect");
     };
     let range = objects(&body, "ranges").and_then(|items| {
+        if items.len() != 1 {
+            return Err(
+                "body: expected one object {\"from\":\"YYYY-MM-DD\",\"to\":\"YYYY-MM-DD\"}"
+                    .to_string(),
+            );
+        }
         let m = items.into_iter().next().unwrap_or_default();
         let from = parse_day(&m, "from")?;
         let to = parse_day(&m, "to")?;
@@ -465,6 +557,13 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Respo
     let now = Utc::now();
     let range = parse_time(&q.from, "from", now - chrono::TimeDelta::days(7))
         .and_then(|f| Ok((f, parse_time(&q.to, "to", now)?)));
+    let range = range.and_then(|(f, t)| {
+        if f > t {
+            Err(format!("from {f} is after to {t}"))
+        } else {
+            Ok((f, t))
+        }
+    });
     let (from, to) = match range {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -493,6 +592,13 @@ async fn usage_totals(State(s): State<AppState>, Query(q): Query<EventQuery>) ->
         }
     };
     let range = day(&q.from, "from").and_then(|f| Ok((f, day(&q.to, "to")?)));
+    let range = range.and_then(|(f, t)| {
+        if f > t {
+            Err(format!("from {f} is after to {t}"))
+        } else {
+            Ok((f, t))
+        }
+    });
     let (from, to) = match range {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -517,4 +623,4 @@ pub async fn serve(
 }
 
 /// How long a graceful HTTP shutdown may take.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);

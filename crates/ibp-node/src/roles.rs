@@ -231,7 +231,12 @@ fn event_key(k: &CheckKey) -> Option<EventKey> {
     })
 }
 
-/// Retries a storage write a few times (the database may be restarting) before giving up.
+/// Attempts of a storage write before it is given up (about 5 minutes of backoff): a
+/// database that is restarting comes back; a write it refuses for good must not block every
+/// later one.
+const WRITE_ATTEMPTS: u32 = 36;
+
+/// Retries a storage write with backoff (200 ms doubling to 10 s), `WRITE_ATTEMPTS` times.
 async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -242,11 +247,11 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt >= 5 => return Err(e),
+            Err(e) if attempt >= WRITE_ATTEMPTS => return Err(e),
             Err(e) => {
                 tracing::warn!(what, attempt, error = %e, "storage write failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
         }
@@ -403,61 +408,87 @@ impl DnsService {
             is_ipv6: hit.is_ipv6,
         };
         let n = hit.hits.unwrap_or(1).max(0);
-        if let Ok(mut c) = self.counters.lock() {
-            c.entry(key).or_insert((0, 0)).0 += n;
-        }
+        let mut c = self.counters();
+        let e = c.entry(key).or_insert((0, 0));
+        e.0 = e.0.saturating_add(n);
         true
+    }
+
+    /// The counters. A panic elsewhere while they were locked must not make every later
+    /// hit vanish silently, so a poisoned lock is taken over as it is.
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<HitKey, (i64, u32)>> {
+        self.counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Hits counted but not yet flushed.
     pub fn pending_hits(&self) -> i64 {
-        self.counters
-            .lock()
-            .map(|c| c.values().map(|v| v.0).sum())
-            .unwrap_or(0)
+        self.counters()
+            .values()
+            .fold(0i64, |a, v| a.saturating_add(v.0))
     }
 
     /// Writes the counters to the table with increment semantics. The lock is held only to
-    /// swap the map out; failed rows go back and are retried (dropped after 5 failures).
+    /// swap the map out. When the batch fails, rows are retried one by one so only a bad row
+    /// stays behind; it is retried at the next flush and dropped after 5 failures (D11).
+    /// One row carries at most `u32::MAX` hits (the column is INT UNSIGNED); the rest waits.
     pub async fn flush(&self) -> Result<usize, StoreError> {
-        let taken: HashMap<HitKey, (i64, u32)> = match self.counters.lock() {
-            Ok(mut c) => std::mem::take(&mut *c),
-            Err(_) => return Ok(0),
-        };
+        let taken: Vec<(HitKey, (i64, u32))> =
+            std::mem::take(&mut *self.counters()).into_iter().collect();
         if taken.is_empty() {
             return Ok(0);
         }
+        let row = |k: &HitKey, hits: i64| UsageRow {
+            date: k.date,
+            node_id: self.node_id.clone(),
+            domain: k.domain.clone(),
+            member_name: k.member.clone(),
+            asn: k.asn.clone(),
+            network_name: k.network.clone(),
+            country_code: k.country_code.clone(),
+            country_name: k.country_name.clone(),
+            is_ipv6: k.is_ipv6,
+            hits,
+        };
+        let cap = i64::from(u32::MAX);
         let rows: Vec<UsageRow> = taken
             .iter()
-            .map(|(k, (hits, _))| UsageRow {
-                date: k.date,
-                node_id: self.node_id.clone(),
-                domain: k.domain.clone(),
-                member_name: k.member.clone(),
-                asn: k.asn.clone(),
-                network_name: k.network.clone(),
-                country_code: k.country_code.clone(),
-                country_name: k.country_name.clone(),
-                is_ipv6: k.is_ipv6,
-                hits: *hits,
-            })
+            .map(|(k, (hits, _))| row(k, (*hits).min(cap)))
             .collect();
-        match self.store.increment_usage(&rows).await {
-            Ok(()) => Ok(rows.len()),
-            Err(e) => {
-                if let Ok(mut c) = self.counters.lock() {
-                    for (k, (hits, fails)) in taken {
-                        if fails + 1 >= MAX_FLUSH_FAILURES {
-                            tracing::error!(domain = %k.domain, hits, "dropping usage counters after repeated flush failures");
-                            continue;
-                        }
-                        let e = c.entry(k).or_insert((0, 0));
-                        e.0 += hits;
-                        e.1 = e.1.max(fails + 1);
-                    }
-                }
-                Err(e)
+        let carry = |c: &mut HashMap<HitKey, (i64, u32)>, k: &HitKey, hits: i64, fails: u32| {
+            if hits > 0 {
+                let e = c.entry(k.clone()).or_insert((0, 0));
+                e.0 = e.0.saturating_add(hits);
+                e.1 = e.1.max(fails);
             }
+        };
+        let batch = self.store.increment_usage(&rows).await;
+        let mut written = 0;
+        let mut first_error = None;
+        for ((k, (hits, fails)), r) in taken.iter().zip(&rows) {
+            let ok = match &batch {
+                Ok(()) => true,
+                Err(_) => self
+                    .store
+                    .increment_usage(std::slice::from_ref(r))
+                    .await
+                    .map_err(|e| first_error.get_or_insert(e).to_string())
+                    .is_ok(),
+            };
+            let mut c = self.counters();
+            if ok {
+                written += 1;
+                carry(&mut c, k, hits - r.hits, *fails);
+            } else if fails + 1 >= MAX_FLUSH_FAILURES {
+                tracing::error!(domain = %k.domain, member = %k.member, hits, "dropping usage counters after repeated flush failures");
+            } else {
+                carry(&mut c, k, *hits, fails + 1);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(written),
         }
     }
 
@@ -656,20 +687,13 @@ impl CollatorService {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Records decisions from the node, in order; a failed write is retried until it
-    /// succeeds or the channel closes (nothing decided while the process runs is lost).
+    /// Records decisions from the node, in order; a failed write is retried with backoff for
+    /// about 5 minutes (a database restart loses nothing) before it is logged and skipped.
     pub async fn record_decisions(self, mut rx: mpsc::UnboundedReceiver<Decision>) {
         while let Some(d) = rx.recv().await {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                match self.record(&d).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::error!(error = %e, proposal = %d.proposal.id, "decision not recorded yet; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
-                    }
-                }
+            if let Err(e) = retry("record decision", || self.record(&d)).await {
+                // Logged whole, so an operator can replay it.
+                tracing::error!(error = %e, decision = ?d, "decision NOT recorded; skipped");
             }
         }
     }
@@ -730,6 +754,7 @@ impl CollatorService {
                     Ok(m) => m,
                     Err(e) => {
                         tracing::warn!(error = %e, "JetStream consumer error");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
@@ -773,6 +798,10 @@ impl CollatorService {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, proposal = %id, "decision not recorded; it will be redelivered");
+                        if retry.len() >= 10_000 {
+                            // Redeliveries of these still get recorded, without their votes.
+                            retry.clear();
+                        }
                         retry.insert(id, decision);
                         let _ = msg
                             .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
@@ -799,49 +828,96 @@ impl CollatorService {
             collectors::request_all_dns_usage(node, &req, self.usage_timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-        let mut rows = Vec::with_capacity(report.records.len());
+        // One row per (node, key): a Go DNS node can return a NULL-key group and a ''-key
+        // group that become the same key here; replacing one with the other would lose hits.
+        type Key = (
+            String,
+            NaiveDate,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            bool,
+        );
+        let mut merged: BTreeMap<Key, UsageRow> = BTreeMap::new();
         let mut skipped = 0;
-        let mut by_node: BTreeMap<String, i64> = BTreeMap::new();
+        let mut errors = report.errors.clone();
         for r in &report.records {
-            match UsageRow::from_record(r) {
+            let row = match UsageRow::from_record(r) {
+                Ok(row) if (0..=i64::from(u32::MAX)).contains(&row.hits) => row,
                 Ok(row) => {
-                    *by_node.entry(row.node_id.clone()).or_default() += row.hits;
-                    rows.push(row);
+                    skipped += 1;
+                    tracing::warn!(node = %r.node_id, hits = row.hits, "usage record with impossible hits skipped");
+                    continue;
                 }
                 Err(e) => {
                     skipped += 1;
                     tracing::warn!(node = %r.node_id, error = %e, "usage record skipped");
+                    continue;
+                }
+            };
+            let key = (
+                row.node_id.clone(),
+                row.date,
+                row.domain.to_lowercase(),
+                row.member_name.to_lowercase(),
+                row.asn.to_lowercase(),
+                row.network_name.to_lowercase(),
+                row.country_code.to_lowercase(),
+                row.country_name.to_lowercase(),
+                row.is_ipv6,
+            );
+            merged
+                .entry(key)
+                .and_modify(|m| m.hits = (m.hits + row.hits).min(i64::from(u32::MAX)))
+                .or_insert(row);
+        }
+        // One transaction per node: one node's bad data does not cost the others their hour.
+        let mut per_node: BTreeMap<String, Vec<UsageRow>> = BTreeMap::new();
+        for row in merged.into_values() {
+            per_node.entry(row.node_id.clone()).or_default().push(row);
+        }
+        let mut by_node: BTreeMap<String, i64> = BTreeMap::new();
+        let mut stored = 0;
+        for (id, rows) in per_node {
+            match self.store.replace_usage(&rows).await {
+                Ok(()) => {
+                    stored += rows.len();
+                    by_node.insert(id, rows.iter().map(|r| r.hits).sum());
+                }
+                Err(e) => {
+                    tracing::error!(node = %id, error = %e, "usage of a node not stored");
+                    errors.insert(id, format!("not stored: {e}"));
                 }
             }
         }
-        self.store
-            .replace_usage(&rows)
-            .await
-            .map_err(|e| e.to_string())?;
         let mut days = Vec::new();
         let mut d = from;
         while d <= to {
             days.push(d);
             d = d.succ_opt().unwrap_or(to + chrono::Days::new(1));
         }
-        tracing::info!(from = %from, to = %to, rows = rows.len(), nodes = report.answered.len(), missing = ?report.missing, "usage collected");
+        tracing::info!(from = %from, to = %to, rows = stored, nodes = report.answered.len(), missing = ?report.missing, "usage collected");
         self.collections.send_modify(|n| *n += 1);
         Ok(CollectReport {
             days,
-            stored: rows.len(),
+            stored,
             skipped,
             hits_by_node: by_node,
             answered: report.answered,
             missing: report.missing,
-            errors: report.errors,
+            errors,
         })
     }
 
-    /// The days the collection at `now` covers: today, plus yesterday in the first hour of
-    /// a UTC day so the previous day's last hour is not lost.
+    /// The days the collection at `now` covers: today, plus yesterday in the first two hours
+    /// of a UTC day. The 00:00 run gets the previous day's last hour; DNS nodes flush every
+    /// 5 minutes, so the 01:00 run picks up what they flushed after midnight.
     pub fn days_for(now: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
         let today = now.date_naive();
-        if now.hour() == 0 {
+        if now.hour() <= 1 {
             (today.pred_opt().unwrap_or(today), today)
         } else {
             (today, today)

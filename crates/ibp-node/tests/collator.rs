@@ -330,6 +330,15 @@ async fn usage_collection(db_url: &str) {
         CollatorService::days_for(after_midnight),
         (yesterday, today)
     );
+    let one_thirty = Utc
+        .with_ymd_and_hms(2026, 11, 27, 1, 30, 0)
+        .single()
+        .expect("t");
+    assert_eq!(
+        CollatorService::days_for(one_thirty),
+        (yesterday, today),
+        "the 01:00 run still covers yesterday"
+    );
     let later = Utc
         .with_ymd_and_hms(2026, 11, 27, 13, 0, 5)
         .single()

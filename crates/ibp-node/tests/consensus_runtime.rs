@@ -351,3 +351,29 @@ async fn after_the_server_dies_mid_burst_every_monitor_ends_with_the_same_offici
         assert_eq!(keys, first);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_enable_can_be_retried() {
+    let server = NatsServer::start().expect("server");
+    let node = Node::connect(options("retry-1", &server.url()))
+        .await
+        .expect("connects");
+    node.connection().close().await;
+    let first = node
+        .enable(Role::Monitor, RoleServices::default())
+        .await
+        .expect_err("no connection");
+    assert!(
+        !matches!(first, ibp_node::cluster::EnableError::AlreadyEnabled(_)),
+        "{first}"
+    );
+    assert_eq!(node.role(), None, "the failed enable was undone");
+    let again = node
+        .enable(Role::Monitor, RoleServices::default())
+        .await
+        .expect_err("still no connection");
+    assert!(
+        !matches!(again, ibp_node::cluster::EnableError::AlreadyEnabled(_)),
+        "a retry is a real attempt: {again}"
+    );
+}

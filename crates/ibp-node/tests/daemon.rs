@@ -501,6 +501,23 @@ async fn dns_hits_over_http_are_flushed_on_shutdown_and_collected() {
     let mut d = node("dns", "dns-1", &server.url(), dir.path()).await;
     let (status, body) = post(&d.http, "/v1/usage/hits", &json!([{"domain":"rpc.dotters.network","member":"Amforc","countryCode":"de","countryName":"Germany","hits":40},{"domain":"rpc.dotters.network","hits":2}]).to_string()).await;
     assert_eq!(status, 202, "{body}");
+    for (bad, field) in [
+        (r#"[{"domain":"d","hits":5000000000}]"#, "hits[0].hits"),
+        (r#"[{"domain":"d","hits":"7"}]"#, "hits[0].hits"),
+        (r#"[{"domain":"d","date":"20261127"}]"#, "hits[0].date"),
+        (r#"[{"domain":"d","isIPv6":1}]"#, "hits[0].isIPv6"),
+        (r#"[{"domain":"d","colour":"red"}]"#, "hits[0].colour"),
+    ] {
+        let (status, body) = post(&d.http, "/v1/usage/hits", bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(field),
+            "{bad}: {body}"
+        );
+    }
     let (status, body) = post(&d.http, "/v1/usage/hits", r#"[{"domain":""}]"#).await;
     assert_eq!(
         (

@@ -184,7 +184,7 @@ impl Store {
         let find = format!(
             "SELECT CAST(id AS {int}), CAST(vote_data AS {text}) FROM member_events WHERE check_type IN (?, ?) AND check_name = ? AND member_name = ? \
              AND COALESCE(domain_name, '') = ? AND {ep_clause} AND COALESCE(is_ipv6, 0) = ? AND end_time IS NULL \
-             AND COALESCE(status, 0) = 0 ORDER BY start_time DESC, id DESC LIMIT 1",
+             AND COALESCE(status, 0) = 0 ORDER BY start_time DESC, id DESC",
             int = self.sql("SIGNED", "INTEGER"),
             text = self.sql("CHAR", "TEXT"),
         );
@@ -215,13 +215,16 @@ impl Store {
             Arg::Text(ep.clone()),
             Arg::from(k.is_ipv6),
         ];
-        let open = tx
+        // Older data can hold several open rows for one check (a numeric and a string check
+        // type, repeated Go monitor rows): the newest takes new votes, a close closes all.
+        let all_open: Vec<(i64, Option<String>)> = tx
             .fetch(&find, &find_args, &[Col::Int, Col::OptText])
             .await
             .map_err(self.q("find open outage"))?
             .into_iter()
-            .next()
-            .map(|r| (r[0].int(), r[1].opt_text()));
+            .map(|r| (r[0].int(), r[1].opt_text()))
+            .collect();
+        let open = all_open.first().cloned();
         let change = match (w.status, open) {
             (false, Some((id, old_votes))) => {
                 if let Some(new) = &w.votes {
@@ -249,7 +252,8 @@ impl Store {
                     Arg::Text(fit(&k.domain_name, 128)),
                     Arg::from(k.is_ipv6),
                     Arg::Text(at.clone()),
-                    Arg::OptText((!w.error.is_empty()).then(|| w.error.clone())),
+                    // TEXT holds 64 KB; error texts come from the network.
+                    Arg::OptText((!w.error.is_empty()).then(|| fit(&w.error, 8192))),
                     Arg::Text(votes_json),
                     Arg::Text(data_json),
                 ];
@@ -264,12 +268,14 @@ impl Store {
                 OutageChange::Opened(r.last_id)
             }
             (true, Some((id, _))) => {
-                tx.run(
-                    "UPDATE member_events SET end_time = ? WHERE id = ?",
-                    &[Arg::Text(at.clone()), Arg::Int(id)],
-                )
-                .await
-                .map_err(self.q("close outage"))?;
+                for (other, _) in &all_open {
+                    tx.run(
+                        "UPDATE member_events SET end_time = ? WHERE id = ?",
+                        &[Arg::Text(at.clone()), Arg::Int(*other)],
+                    )
+                    .await
+                    .map_err(self.q("close outage"))?;
+                }
                 OutageChange::Closed(id)
             }
             (true, None) => OutageChange::NothingOpen,
@@ -287,7 +293,8 @@ impl Store {
         to: DateTime<Utc>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut sql = format!(
-            "SELECT {} FROM member_events WHERE start_time IS NOT NULL AND start_time <= ? AND (end_time IS NULL OR end_time >= ?) AND COALESCE(status, 0) = 0",
+            "SELECT {} FROM member_events WHERE start_time IS NOT NULL AND start_time <= ? AND (end_time IS NULL OR end_time >= ?) \
+             AND (COALESCE(status, 0) = 0 OR end_time IS NOT NULL)",
             self.event_select()
         );
         if member.is_some() {

@@ -147,11 +147,11 @@ const MIGRATIONS: &[Migration] = &[
         mysql: &["CREATE TABLE IF NOT EXISTS ibp_results (
             kind VARCHAR(8) NOT NULL,
             key_hash CHAR(64) NOT NULL,
-            check_type VARCHAR(24) NOT NULL,
-            check_name VARCHAR(64) NOT NULL,
-            member_name VARCHAR(128) NOT NULL,
-            domain_name VARCHAR(128) NOT NULL,
-            endpoint VARCHAR(512) NOT NULL,
+            check_type TEXT NOT NULL,
+            check_name TEXT NOT NULL,
+            member_name TEXT NOT NULL,
+            domain_name TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
             is_ipv6 TINYINT NOT NULL,
             status TINYINT NOT NULL,
             error_text TEXT NULL,
@@ -190,10 +190,19 @@ impl Store {
         let mut lock = match &self.pool {
             crate::Pool::Mysql(p) => {
                 let mut c = p.acquire().await.map_err(self.q("lock migrations"))?;
-                sqlx::query("SELECT GET_LOCK(CONCAT('ibp_migrate.', DATABASE()), 60)")
-                    .execute(&mut *c)
-                    .await
-                    .map_err(self.q("lock migrations"))?;
+                let got: Option<i64> = sqlx::query_scalar(
+                    "SELECT CAST(GET_LOCK(CONCAT('ibp_migrate.', DATABASE()), 60) AS SIGNED)",
+                )
+                .fetch_one(&mut *c)
+                .await
+                .map_err(self.q("lock migrations"))?;
+                if got != Some(1) {
+                    return Err(self.err(
+                        StoreErrorKind::Unavailable,
+                        "lock migrations",
+                        "another node has been migrating this database for 60 s; try again",
+                    ));
+                }
                 Some(c)
             }
             crate::Pool::Sqlite(_) => None,

@@ -118,9 +118,12 @@ async fn an_existing_go_database_is_used_without_rewriting_its_rows() {
         .await
         .expect("replace");
 
-    // The open Go outage (numeric check type) is read, and closed by an online decision.
+    // A second open row for the same check, written with the string check type (D5).
+    sqlx::query("INSERT INTO member_events (check_type, check_name, endpoint, member_name, domain_name, status, is_ipv6, start_time, end_time, error, vote_data, additional_data) VALUES ('endpoint', 'wss', 'wss://rpc.a.io/x', 'alpha', 'rpc.a.io', 0, 0, '2026-04-15 09:10:00', NULL, 'timeout', 'null', 'null')")
+        .execute(&mut conn).await.expect("second open row");
+    // The open Go outages (numeric and string check type) are read, and closed together.
     let open = store.open_events().await.expect("open");
-    assert_eq!(open.len(), 1);
+    assert_eq!(open.len(), 2);
     assert_eq!(
         open[0].check_type, "endpoint",
         "numeric check types are normalised on read"
@@ -149,6 +152,28 @@ async fn an_existing_go_database_is_used_without_rewriting_its_rows() {
         store.record_decision(&close).await.expect("close"),
         OutageChange::Closed(_)
     ));
+    assert!(
+        store.open_events().await.expect("open").is_empty(),
+        "both open rows closed"
+    );
+    // The Go-closed row (status 1, with an end time) is an outage for readers here.
+    let window = store
+        .events_overlapping(
+            Some("alpha"),
+            Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0)
+                .single()
+                .expect("t"),
+            Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0)
+                .single()
+                .expect("t"),
+        )
+        .await
+        .expect("read");
+    assert_eq!(window.len(), 1);
+    assert_eq!(
+        (window[0].check_type.as_str(), window[0].check_name.as_str()),
+        ("site", "ping")
+    );
     // A repeat outage of the same check now gets its own row (the widened key allows it).
     let reopen = EventWrite {
         key,
@@ -167,13 +192,13 @@ async fn an_existing_go_database_is_used_without_rewriting_its_rows() {
         OutageChange::Opened(_)
     ));
     let all = store.all_events().await.expect("all");
-    assert_eq!(all.len(), 3);
+    assert_eq!(all.len(), 4);
     let first_wss = all.iter().find(|e| e.check_name == "wss").expect("wss");
     assert_eq!(first_wss.error, "timeout", "the Go row keeps its data");
     // The Go collator API query (status 0, overlapping) still sees the closed outage.
     let go_view: i64 = sqlx::query("SELECT CAST(COUNT(*) AS SIGNED) FROM member_events WHERE status = 0 AND start_time <= '2026-04-15 23:59:59' AND (end_time IS NULL OR end_time >= '2026-04-15 00:00:00')")
         .fetch_one(&mut conn).await.expect("count").get(0);
-    assert_eq!(go_view, 2);
+    assert_eq!(go_view, 3);
     // Migrating again changes nothing.
     let again = store
         .migrate(&[Part::Usage, Part::Events])

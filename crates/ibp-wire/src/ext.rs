@@ -19,6 +19,10 @@ pub const HDR_ACCEPT_PARTS: &str = "Ibp-Accept-Parts";
 /// Reply header on each part: `<index>/<count>`, index from 1.
 pub const HDR_PART: &str = "Ibp-Part";
 
+/// Reply header shared by every part of one answer, so parts of two answers of the same
+/// node (a node that answered twice) are never mixed.
+pub const HDR_REPLY_ID: &str = "Ibp-Reply-Id";
+
 /// Reply header naming the answering node, so a requester can attribute a part even before
 /// decoding it.
 pub const HDR_NODE: &str = "Ibp-Node";
