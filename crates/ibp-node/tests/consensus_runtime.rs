@@ -359,6 +359,14 @@ async fn a_failed_enable_can_be_retried() {
         .await
         .expect("connects");
     node.connection().close().await;
+    let mut state = node.connection().watch_state();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| s.state == ibp_node::connection::StateKind::Closed),
+    )
+    .await
+    .expect("the connection closes")
+    .expect("watch open");
     let first = node
         .enable(Role::Monitor, RoleServices::default())
         .await
