@@ -125,8 +125,21 @@ pub struct NatsServer {
     client: ClientAuth,
 }
 
-fn free_port() -> Result<u16, HarnessError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free loopback ports. The listeners are held until all are chosen, so the
+/// OS cannot hand out the same port twice; another process can still take one before the
+/// server binds it, which [`NatsServer::start_with`] retries.
+fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+fn port_clash(e: &HarnessError) -> bool {
+    matches!(e, HarnessError::NotReady { log, .. } if log.contains("address already in use"))
 }
 
 impl NatsServer {
@@ -137,9 +150,15 @@ impl NatsServer {
 
     /// Starts a server with `opts`.
     pub fn start_with(opts: ServerOptions) -> Result<NatsServer, HarnessError> {
-        let mut s = NatsServer::prepare("nats", &opts, "")?;
-        s.spawn()?;
-        Ok(s)
+        let mut attempt = 0;
+        loop {
+            let mut s = NatsServer::prepare("nats", &opts, "")?;
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) if port_clash(&e) && attempt < 5 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn prepare(
@@ -148,8 +167,8 @@ impl NatsServer {
         cluster_block: &str,
     ) -> Result<NatsServer, HarnessError> {
         let dir = tempfile::Builder::new().prefix("ibp-nats-").tempdir()?;
-        let port = free_port()?;
-        let monitor_port = free_port()?;
+        let ports = free_ports(2)?;
+        let (port, monitor_port) = (ports[0], ports[1]);
         let mut client = ClientAuth::default();
         let mut conf = format!(
             "server_name: {name}_{port}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n"
@@ -395,7 +414,7 @@ impl NatsCluster {
     /// Starts a 3-server cluster and waits until every server has routes to the others.
     pub fn start(opts: ServerOptions) -> Result<NatsCluster, HarnessError> {
         let n = 3;
-        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let cluster_ports = free_ports(n)?;
         let mut servers = Vec::new();
         for (i, cp) in cluster_ports.iter().enumerate() {
             let routes: Vec<String> = cluster_ports
