@@ -524,6 +524,15 @@ async fn collect(State(s): State<AppState>, body: Bytes) -> Response {
     }
 }
 
+/// A `from`/`to` pair, refused when reversed.
+fn ordered<T: PartialOrd + std::fmt::Display>((from, to): (T, T)) -> Result<(T, T), String> {
+    if from > to {
+        Err(format!("from {from} is after to {to}"))
+    } else {
+        Ok((from, to))
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct EventQuery {
     member: Option<String>,
@@ -557,14 +566,7 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Respo
     let now = Utc::now();
     let range = parse_time(&q.from, "from", now - chrono::TimeDelta::days(7))
         .and_then(|f| Ok((f, parse_time(&q.to, "to", now)?)));
-    let range = range.and_then(|(f, t)| {
-        if f > t {
-            Err(format!("from {f} is after to {t}"))
-        } else {
-            Ok((f, t))
-        }
-    });
-    let (from, to) = match range {
+    let (from, to) = match range.and_then(ordered) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -592,14 +594,7 @@ async fn usage_totals(State(s): State<AppState>, Query(q): Query<EventQuery>) ->
         }
     };
     let range = day(&q.from, "from").and_then(|f| Ok((f, day(&q.to, "to")?)));
-    let range = range.and_then(|(f, t)| {
-        if f > t {
-            Err(format!("from {f} is after to {t}"))
-        } else {
-            Ok((f, t))
-        }
-    });
-    let (from, to) = match range {
+    let (from, to) = match range.and_then(ordered) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
