@@ -310,6 +310,14 @@ async fn bad_requests_get_400_naming_the_field_and_record_nothing() {
         Some(0),
         "nothing recorded from rejected requests: {local}"
     );
+    let (status, body) = get(&m.http, "/v1/events?from=2026-02-01&to=2026-01-01").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("after"),
+        "{body}"
+    );
+    let (status, _) = get(&m.http, "/v1/events?member=Amforc").await;
+    assert_eq!(status, 200);
     // Wrong role, health, metrics.
     let (status, _) = post(&m.http, "/v1/usage/hits", r#"{"domain":"x"}"#).await;
     assert_eq!(status, 404);
