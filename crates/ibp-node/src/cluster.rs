@@ -149,7 +149,7 @@ pub struct RoleServices {
     /// Monitor: local observations persisted before a restart (recorded, not proposed).
     pub restore_local: Vec<Observation>,
     /// Collator: finalizes are consumed from a JetStream stream (see
-    /// [`Node::process_finalize`]); the core subscription only marks their senders heard.
+    /// [`Node::take_cached`]); the core subscription only marks their senders heard.
     pub finalize_durable: bool,
 }
 

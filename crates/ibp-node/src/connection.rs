@@ -678,26 +678,6 @@ impl Connection {
         Ok(self.drive(subject, sub, concurrency, handler))
     }
 
-    /// Like [`Connection::subscribe`] in a queue group.
-    pub async fn queue_subscribe<F, Fut>(
-        &self,
-        subject: &str,
-        group: &str,
-        concurrency: Concurrency,
-        handler: F,
-    ) -> Result<SubscriptionHandle, BusError>
-    where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let sub = self
-            .client
-            .queue_subscribe(subject.to_string(), group.to_string())
-            .await
-            .map_err(|e| BusError::new("subscribe", subject, e))?;
-        Ok(self.drive(subject, sub, concurrency, handler))
-    }
-
     /// Subscribes and decodes every message as `T` with the Go-lenient decoder. A message
     /// that fails to decode is counted, logged with its subject and dropped.
     pub async fn subscribe_decoded<T, F, Fut>(

@@ -319,35 +319,26 @@ struct HitKey {
     is_ipv6: bool,
 }
 
-/// A DNS hit to count.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// A DNS hit to count (`POST /v1/usage/hits` validates it with `http::parse_hit`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Hit {
     /// UTC day; today when absent.
-    #[serde(default)]
     pub date: Option<NaiveDate>,
     /// Queried domain (required).
     pub domain: String,
     /// Member answered (`(none)` when empty).
-    #[serde(default)]
     pub member: String,
     /// ISO country code (`??` when not 2 letters).
-    #[serde(default)]
     pub country_code: String,
     /// Country name (`Unknown` with `??`).
-    #[serde(default)]
     pub country_name: String,
     /// `AS<number>`.
-    #[serde(default)]
     pub asn: String,
     /// Network name.
-    #[serde(default)]
     pub network: String,
     /// Query came over IPv6.
-    #[serde(default, rename = "isIPv6")]
     pub is_ipv6: bool,
     /// Number of hits (default 1).
-    #[serde(default)]
     pub hits: Option<i64>,
 }
 
