@@ -525,7 +525,8 @@ impl Consensus {
         self.mark_decided(&id, f.passed, now);
         c.decisions_received += 1;
         let seen_at = tracked.as_ref().map(|t| t.received_at);
-        let applied = f.passed && self.apply_official(&f.proposal, seen_at, now, c, out);
+        let applied =
+            f.passed && self.apply_official(&f.proposal, seen_at, f.decided_at, now, c, out);
         if f.passed {
             c.decisions_passed += 1;
         } else {
@@ -666,7 +667,8 @@ impl Consensus {
             passed,
             decided_at,
         })));
-        let applied = passed && self.apply_official(&t.proposal, Some(t.received_at), now, c, out);
+        let applied = passed
+            && self.apply_official(&t.proposal, Some(t.received_at), decided_at, now, c, out);
         c.decisions_by_self += 1;
         if passed {
             c.decisions_passed += 1;
@@ -691,6 +693,7 @@ impl Consensus {
         &mut self,
         p: &Proposal,
         seen_at: Option<Now>,
+        decided_at: WireTime,
         now: Now,
         c: &mut Counters,
         out: &mut Vec<Effect>,
@@ -732,6 +735,7 @@ impl Consensus {
             status: p.proposed_status,
             flipped,
             proposal: p.clone(),
+            decided_at,
         }));
         true
     }

@@ -85,6 +85,9 @@ pub struct OfficialChange {
     pub flipped: bool,
     /// The proposal that decided it (error text, data).
     pub proposal: Proposal,
+    /// When the decision was made (the finalizer's `DecidedAt`): outage records are
+    /// stamped with it, not with the time they are stored.
+    pub decided_at: WireTime,
 }
 
 /// An effect for the shell to carry out, in order.
@@ -102,6 +105,12 @@ pub enum Effect {
         node_id: String,
         /// Its role string.
         role: String,
+    },
+    /// Another live node uses this node's ID: its join (or vote) reached this node, which a
+    /// no-echo connection never delivers for its own messages.
+    IdConflict {
+        /// What the other node announced (address, port, role), to help find it.
+        other: String,
     },
     /// A node left: announced a clean shutdown, or went stale and was removed.
     NodeLeft {

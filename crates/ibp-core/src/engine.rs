@@ -44,6 +44,9 @@ pub struct Engine {
     cache: Option<VoteCache>,
     counters: Counters,
     enabled: bool,
+    /// Set by [`Engine::leave`]: the node publishes nothing after its leave, so no late
+    /// vote or finalize (newer than the leave) brings it back on its peers.
+    left: bool,
     gc_interval: std::time::Duration,
     next_gc: Option<Now>,
 }
@@ -71,6 +74,22 @@ impl Engine {
             cache,
             counters: Counters::default(),
             enabled: false,
+            left: false,
+            next_gc: None,
+        }
+    }
+
+    /// A core for a one-shot tool (see [`Membership::observer`]): it learns the cluster,
+    /// is counted by nobody, and takes part in nothing.
+    pub fn observer(me: SelfInfo, cfg: CoreConfig) -> Engine {
+        Engine {
+            gc_interval: cfg.gc_interval,
+            membership: Membership::observer(me, cfg),
+            consensus: None,
+            cache: None,
+            counters: Counters::default(),
+            enabled: false,
+            left: false,
             next_gc: None,
         }
     }
@@ -92,6 +111,19 @@ impl Engine {
 
     /// Handles one message from the bus.
     pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
+        let out = self.handle_inner(input, now);
+        self.gate(out)
+    }
+
+    /// Drops every publish once the node has left.
+    fn gate(&self, mut out: Vec<Effect>) -> Vec<Effect> {
+        if self.left {
+            out.retain(|e| !matches!(e, Effect::Publish(_)));
+        }
+        out
+    }
+
+    fn handle_inner(&mut self, input: Input, now: Now) -> Vec<Effect> {
         let mut out = Vec::new();
         let c = &mut self.counters;
         match input {
@@ -104,7 +136,9 @@ impl Engine {
                 }
             }
             Input::Heard(id) => {
-                self.membership.heard(&id, false, None, now, c, &mut out);
+                if !self.membership.left_recently(&id, now) {
+                    self.membership.heard(&id, false, None, now, c, &mut out);
+                }
             }
             Input::Proposal(p) => {
                 self.membership.heard(
@@ -152,8 +186,19 @@ impl Engine {
             }
             Input::Finalize(f) => {
                 let finalizer = f.finalizer().to_string();
-                self.membership
-                    .heard(&finalizer, true, sent_at(&f.decided_at), now, c, &mut out);
+                // A v0.2.0/v0.6.12 finalize names no sender: the proposer it falls back to
+                // did not necessarily send it, so it proves nothing about a node that left.
+                let fallback = f.sender_node_id.is_empty();
+                if !(fallback && self.membership.is_left(&finalizer)) {
+                    self.membership.heard(
+                        &finalizer,
+                        true,
+                        sent_at(&f.decided_at),
+                        now,
+                        c,
+                        &mut out,
+                    );
+                }
                 if let Some(cons) = &mut self.consensus {
                     cons.on_finalize(f, now, c, &mut out);
                 } else if let Some(cache) = &mut self.cache {
@@ -166,6 +211,11 @@ impl Engine {
 
     /// Handles everything due at `now`: joins, heartbeats, timeouts, garbage collection.
     pub fn tick(&mut self, now: Now) -> Vec<Effect> {
+        let out = self.tick_inner(now);
+        self.gate(out)
+    }
+
+    fn tick_inner(&mut self, now: Now) -> Vec<Effect> {
         let mut out = Vec::new();
         let c = &mut self.counters;
         self.membership.tick(now, &mut out);
@@ -203,6 +253,9 @@ impl Engine {
 
     /// Announces again (after a reconnect) and republishes what may have been lost.
     pub fn reannounce(&mut self, now: Now) -> Vec<Effect> {
+        if self.left {
+            return Vec::new();
+        }
         self.membership.reannounce(now);
         self.tick(now)
     }
@@ -210,8 +263,17 @@ impl Engine {
     /// The clean-shutdown notice. After it the node sends no more joins.
     pub fn leave(&mut self, now: Now) -> Vec<Effect> {
         let mut out = Vec::new();
+        if self.left {
+            return out;
+        }
         self.membership.leave(now, &mut out);
+        self.left = true;
         out
+    }
+
+    /// Whether [`Engine::leave`] was called.
+    pub fn has_left(&self) -> bool {
+        self.left
     }
 
     /// Records a local observation; proposes when it differs from the official result.
@@ -223,7 +285,7 @@ impl Engine {
         let mut out = Vec::new();
         let (cons, m, c) = self.parts()?;
         let r = cons.observe(obs, now, m, c, &mut out);
-        Ok((r, out))
+        Ok((r, self.gate(out)))
     }
 
     /// Records a local observation without proposing.
@@ -231,7 +293,7 @@ impl Engine {
         let mut out = Vec::new();
         let (cons, m, c) = self.parts()?;
         cons.set_local(obs, now, m, c, &mut out);
-        Ok(out)
+        Ok(self.gate(out))
     }
 
     /// Proposes a status (the reference `ProposeCheckStatus`).
@@ -243,7 +305,7 @@ impl Engine {
         let mut out = Vec::new();
         let (cons, m, c) = self.parts()?;
         let r = cons.propose(obs, now, m, c, &mut out);
-        Ok((r, out))
+        Ok((r, self.gate(out)))
     }
 
     /// Proposes every local observation that differs from the official result.
@@ -252,7 +314,7 @@ impl Engine {
         if let Ok((cons, m, c)) = self.parts() {
             cons.reconcile(now, m, c, &mut out);
         }
-        out
+        self.gate(out)
     }
 
     fn parts(&mut self) -> Result<(&mut Consensus, &Membership, &mut Counters), EngineError> {

@@ -48,7 +48,16 @@ pub struct Member {
     /// (delivered late, on another subscription) must not bring it back.
     #[serde(skip)]
     pub left_at: Option<Now>,
+    /// Local time the leave was received: the late-message rule above holds only for
+    /// [`LEAVE_WINDOW`] after it, so a leave stamped in the future (a bad clock, a forgery)
+    /// cannot keep a live node out.
+    #[serde(skip)]
+    pub left_received: Option<Now>,
 }
+
+/// How long after a leave messages the node sent before it are still told apart from a
+/// restart. Late deliveries arrive within milliseconds; a restart takes seconds.
+pub const LEAVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The membership state machine.
 #[derive(Debug)]
@@ -62,6 +71,9 @@ pub struct Membership {
     startup_left: u32,
     next_startup: Option<Now>,
     next_heartbeat: Option<Now>,
+    /// Announces no role and never counts itself (one-shot tools learning the cluster).
+    observer: bool,
+    last_conflict_join: Option<Now>,
 }
 
 /// Result of recording that a node was heard.
@@ -90,7 +102,23 @@ impl Membership {
             startup_left: 0,
             next_startup: None,
             next_heartbeat: None,
+            observer: false,
+            last_conflict_join: None,
         }
+    }
+
+    /// A view for a one-shot tool: its joins carry no role (Go nodes then guess none from a
+    /// tool ID), so the cluster learns it exists and answers with its own joins, but it is
+    /// never counted as a monitor, DNS node or collator by anyone, itself included.
+    pub fn observer(me: SelfInfo, cfg: CoreConfig) -> Membership {
+        let mut m = Membership::new(me, Role::Collator, cfg);
+        m.observer = true;
+        m
+    }
+
+    /// Whether this is a one-shot tool's view (see [`Membership::observer`]).
+    pub fn is_observer(&self) -> bool {
+        self.observer
     }
 
     /// This node's ID.
@@ -125,7 +153,11 @@ impl Membership {
             public_address: self.me.public_address.clone(),
             listen_address: self.me.listen_address.clone(),
             listen_port: self.me.listen_port.clone(),
-            node_role: self.role.as_wire().to_string(),
+            node_role: if self.observer {
+                String::new()
+            } else {
+                self.role.as_wire().to_string()
+            },
             last_heard: WireTime::from_utc(now),
         }
     }
@@ -175,12 +207,17 @@ impl Membership {
             return Heard::Ignored;
         }
         if let Some(m) = self.nodes.get_mut(node_id) {
-            if m.left && matches!((sent, m.left_at), (Some(s), Some(l)) if s <= l) {
+            if m.left
+                && m.left_received
+                    .is_some_and(|r| elapsed(r, now) < LEAVE_WINDOW)
+                && matches!((sent, m.left_at), (Some(s), Some(l)) if s <= l)
+            {
                 return Heard::Known;
             }
             m.last_heard = now;
             m.left = false;
             m.left_at = None;
+            m.left_received = None;
             if m.role.is_empty() && consensus_sender {
                 m.role = Role::Monitor.as_wire().to_string();
             }
@@ -213,6 +250,7 @@ impl Membership {
                 first_seen: now,
                 left: false,
                 left_at: None,
+                left_received: None,
             },
         );
         Heard::New
@@ -234,6 +272,22 @@ impl Membership {
         if s.node_id == self.me.node_id {
             // No-echo connections never deliver our own joins: another node uses our ID.
             counters.node_id_conflicts += 1;
+            out.push(Effect::IdConflict {
+                other: format!(
+                    "role {:?}, address {:?}, listen {:?}:{:?}",
+                    s.node_role, s.public_address, s.listen_address, s.listen_port
+                ),
+            });
+            // Answer once per throttle window, so the other instance sees the conflict too
+            // (without the two feeding each other a storm of joins).
+            if self.enabled
+                && self
+                    .last_conflict_join
+                    .is_none_or(|t| elapsed(t, now) >= self.cfg.join_throttle)
+            {
+                self.last_conflict_join = Some(now);
+                self.join(true, now, out);
+            }
             return;
         }
         if msg.kind != "join" {
@@ -291,23 +345,54 @@ impl Membership {
         counters: &mut Counters,
         out: &mut Vec<Effect>,
     ) -> bool {
-        let _ = now;
         let id = &msg.sender.node_id;
         if id.is_empty() || msg.kind != ibp_wire::ext::LEAVE_TYPE {
             counters.invalid_messages += 1;
+            return false;
+        }
+        if id == &self.me.node_id {
+            counters.node_id_conflicts += 1;
             return false;
         }
         match self.nodes.get_mut(id) {
             Some(m) if !m.left => {
                 m.left = true;
                 m.left_at = sent_at(&msg.sender.last_heard);
+                m.left_received = Some(now);
                 out.push(Effect::NodeLeft {
                     node_id: id.clone(),
                     announced: true,
                 });
                 true
             }
-            _ => false,
+            Some(_) => false,
+            None => {
+                // A leave handled before the node's own earlier join (they travel on
+                // different subjects): remember it, so that join does not add the node.
+                if self.nodes.len() >= self.cfg.max_nodes {
+                    counters.refused_nodes += 1;
+                    return false;
+                }
+                let role = Role::guess_from_node_id(id)
+                    .map(|r| r.as_wire().to_string())
+                    .unwrap_or_default();
+                self.nodes.insert(
+                    id.clone(),
+                    Member {
+                        node_id: id.clone(),
+                        role,
+                        public_address: String::new(),
+                        listen_address: String::new(),
+                        listen_port: String::new(),
+                        last_heard: now,
+                        first_seen: now,
+                        left: true,
+                        left_at: sent_at(&msg.sender.last_heard),
+                        left_received: Some(now),
+                    },
+                );
+                false
+            }
         }
     }
 
@@ -373,7 +458,7 @@ impl Membership {
     /// record themselves when they enable a role.
     pub fn is_active_monitor(&self, node_id: &str, now: Now) -> bool {
         if node_id == self.me.node_id {
-            return self.enabled && self.role == Role::Monitor;
+            return self.enabled && !self.observer && self.role == Role::Monitor;
         }
         self.nodes
             .get(node_id)
@@ -382,7 +467,7 @@ impl Membership {
 
     /// Active nodes of `role`, this node included while enabled.
     pub fn count_active(&self, role: Role, now: Now) -> usize {
-        let me = usize::from(self.enabled && self.role == role);
+        let me = usize::from(self.enabled && !self.observer && self.role == role);
         me + self
             .nodes
             .values()
@@ -398,11 +483,27 @@ impl Membership {
             .filter(|m| m.role == role.as_wire() && self.member_active(m, now))
             .map(|m| m.node_id.clone())
             .collect();
-        if self.enabled && self.role == role {
+        if self.enabled && !self.observer && self.role == role {
             ids.push(self.me.node_id.clone());
             ids.sort();
         }
         ids
+    }
+
+    /// Whether `node_id` left less than [`LEAVE_WINDOW`] ago: data it sent without a send
+    /// time (usage or downtime answers) cannot be ordered against the leave, and must not
+    /// bring it back.
+    pub fn left_recently(&self, node_id: &str, now: Now) -> bool {
+        self.nodes.get(node_id).is_some_and(|m| {
+            m.left
+                && m.left_received
+                    .is_some_and(|r| elapsed(r, now) < LEAVE_WINDOW)
+        })
+    }
+
+    /// Whether `node_id` announced a clean shutdown and was not heard from since.
+    pub fn is_left(&self, node_id: &str) -> bool {
+        self.nodes.get(node_id).is_some_and(|m| m.left)
     }
 
     /// Every known node (not this one), sorted by ID, with whether it is active.

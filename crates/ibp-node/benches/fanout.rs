@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use ibp_node::cluster::{Node, NodeOptions, RoleServices};
 use ibp_node::collectors;
-use ibp_node::roles::DnsService;
+use ibp_node::roles::{DnsService, HitLimits, StorageHealth};
 use ibp_storage::{Store, UsageRow};
 use ibp_testkit::{NatsServer, ServerOptions};
 use ibp_wire::{NodeId, Role, UsageRequest};
@@ -50,7 +50,10 @@ async fn run(max_payload: u64, dir: &std::path::Path) {
         let store = Store::open(&format!("sqlite://{}", path.display()))
             .await
             .expect("store");
-        let (svc, services) = DnsService::open(store, &id).await.expect("dns");
+        let (svc, services) =
+            DnsService::open(StorageHealth::standalone(store), &id, HitLimits::default())
+                .await
+                .expect("dns");
         svc.store().increment_usage(&rows(&id)).await.expect("seed");
         let node = Node::connect(NodeOptions::new(NodeId::new(id).expect("id"), url.clone()))
             .await

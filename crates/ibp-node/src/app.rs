@@ -14,7 +14,7 @@ use crate::cluster::{Clock, Node, NodeOptions, SystemClock};
 use crate::config::NodeConfig;
 use crate::http::{AppState, serve};
 use crate::ibp_config::SharedIbpConfig;
-use crate::roles::{CollatorService, DnsService, MonitorService};
+use crate::roles::{CollatorService, DnsService, MonitorService, StorageHealth};
 
 /// Why a node could not start. The message is one line, naming the cause.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,8 @@ pub struct App {
     pub ibp_config: SharedIbpConfig,
     store: Store,
     stop: watch::Sender<bool>,
+    abandon: watch::Sender<bool>,
+    shutdown_grace: Duration,
     http_stop: watch::Sender<bool>,
     http_task: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -88,28 +90,9 @@ impl App {
         })?;
         let store = Store::open(&cfg.db).await?;
         let (stop, _) = watch::channel(false);
+        let (abandon, abandon_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut drain_tasks = Vec::new();
-
-        let (monitor, dns, collator, services, official_rx, decision_rx) = match cfg.role {
-            Role::Monitor => {
-                let (m, s, rx) = MonitorService::open(store.clone()).await?;
-                (Some(m), None, None, s, Some(rx), None)
-            }
-            Role::Dns => {
-                let (d, s) = DnsService::open(store.clone(), cfg.node_id.as_str()).await?;
-                (None, Some(d), None, s, None, None)
-            }
-            Role::Collator => {
-                let (c, mut s, rx) =
-                    CollatorService::open(store.clone(), cfg.usage_timeout).await?;
-                s.finalize_durable = cfg.collator.jetstream;
-                if cfg.collator.jetstream {
-                    s.decision_sink = None;
-                }
-                (None, None, Some(c), s, None, Some(rx))
-            }
-        };
 
         let opts = NodeOptions {
             node_id: cfg.node_id.clone(),
@@ -122,7 +105,59 @@ impl App {
             clock,
         };
         let node = Node::connect(opts).await?;
-        node.enable(cfg.role, services).await?;
+        let writes = StorageHealth::new(
+            store.clone(),
+            node.health().clone(),
+            node.metrics().clone(),
+            cfg.work_dir.clone(),
+            abandon_rx,
+        );
+
+        let (monitor, dns, collator, services, official_rx, decision_rx) = match cfg.role {
+            Role::Monitor => {
+                let (m, s, rx) = MonitorService::open(writes.clone()).await?;
+                (Some(m), None, None, s, Some(rx), None)
+            }
+            Role::Dns => {
+                let (d, s) =
+                    DnsService::open(writes.clone(), cfg.node_id.as_str(), cfg.hit_limits).await?;
+                (None, Some(d), None, s, None, None)
+            }
+            Role::Collator => {
+                let (c, mut s, rx) =
+                    CollatorService::open(writes.clone(), cfg.usage_timeout).await?;
+                s.finalize_durable = cfg.collator.jetstream;
+                if cfg.collator.jetstream {
+                    s.decision_sink = None;
+                }
+                (None, None, Some(c), s, None, Some(rx))
+            }
+        };
+
+        let durable = crate::durable::DurableOptions::for_node(cfg.node_id.as_str());
+        if cfg.role == Role::Collator && cfg.collator.jetstream {
+            crate::durable::setup(&node, &durable)
+                .await
+                .map_err(|e| StartError::JetStream(e.to_string()))?;
+        }
+        // A subscription refused while the server is briefly away is cured by a retry; an
+        // operator should not have to restart the process for it.
+        let mut delay = Duration::from_millis(250);
+        let mut attempt = 1;
+        loop {
+            match node.enable(cfg.role, services.clone()).await {
+                Ok(()) => break,
+                Err(e @ crate::cluster::EnableError::AlreadyEnabled(_)) => return Err(e.into()),
+                Err(e) if attempt >= ENABLE_ATTEMPTS => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, retry_in = ?delay, "cannot enable the role yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+        drop(services);
 
         if let (Some(m), Some(rx)) = (&monitor, official_rx) {
             drain_tasks.push(tokio::spawn(m.clone().persist_official(rx)));
@@ -139,13 +174,12 @@ impl App {
                 drain_tasks.push(tokio::spawn(c.clone().record_decisions(rx)));
             }
             if cfg.collator.jetstream {
-                let durable = format!("ibp-collator-{}", cfg.node_id);
-                let t = c
-                    .clone()
-                    .consume_durable(node.clone(), durable, stop.subscribe())
-                    .await
-                    .map_err(StartError::JetStream)?;
-                drain_tasks.push(t);
+                drain_tasks.push(tokio::spawn(crate::durable::run(
+                    c.clone(),
+                    node.clone(),
+                    durable.clone(),
+                    stop.subscribe(),
+                )));
             }
             if cfg.collator.hourly {
                 tasks.push(tokio::spawn(c.clone().run_hourly(
@@ -155,8 +189,18 @@ impl App {
                 )));
             }
         }
+        tasks.push(tokio::spawn(
+            writes
+                .clone()
+                .watch(Duration::from_secs(10), stop.subscribe()),
+        ));
 
-        let ibp_config = ibp.unwrap_or_default();
+        let ibp_config = ibp.unwrap_or_else(|| {
+            SharedIbpConfig::with_limits(crate::ibp_config::FetchLimits {
+                max_bytes: cfg.lists_max_bytes,
+                timeout: cfg.lists_timeout,
+            })
+        });
         if ibp_config.get().is_none()
             && let (Some(m), Some(s)) = (
                 cfg.config_urls.get("MembersConfig"),
@@ -193,6 +237,8 @@ impl App {
             ibp_config,
             store,
             stop,
+            abandon,
+            shutdown_grace: cfg.shutdown_grace,
             http_stop,
             http_task: Some(http_task),
             tasks,
@@ -200,22 +246,51 @@ impl App {
         })
     }
 
-    /// Leaves the cluster, finishes in-flight work, flushes storage, stops the API. Each
-    /// step is bounded so the whole takes well under 5 s.
+    /// Stops a node cleanly: HTTP first (no input after the final write), then the node's
+    /// subscriptions and timers, then its leave; then everything it accepted is written,
+    /// with progress in the log, within the shutdown grace. Whatever the database still
+    /// cannot take when the grace is over goes to `unsaved-*.jsonl` in the work directory.
     pub async fn shutdown(mut self) {
-        // Inputs first: no hit or observation may arrive after the final flush.
         let _ = self.http_stop.send(true);
         if let Some(h) = self.http_task.take() {
             let _ = tokio::time::timeout(crate::http::SHUTDOWN_GRACE, h).await;
         }
         let _ = self.stop.send(true);
         self.node.shutdown(Duration::from_secs(1)).await;
-        for t in self.drain_tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(2), t)
-                .await
-                .is_err()
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        let mut drains: Vec<JoinHandle<()>> = self.drain_tasks.drain(..).collect();
+        let mut last_report = std::time::Instant::now();
+        while !drains.is_empty() {
+            let all = futures::future::join_all(drains.iter_mut());
+            match tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)),
+                all,
+            )
+            .await
             {
-                tracing::warn!("a storage task did not finish within 2 s; what it held is lost");
+                Ok(_) => break,
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    tracing::error!(grace = ?self.shutdown_grace, "shutdown grace over with writes still pending: they go to unsaved-*.jsonl in the work directory");
+                    let _ = self.abandon.send(true);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        futures::future::join_all(drains.iter_mut()),
+                    )
+                    .await;
+                    break;
+                }
+                Err(_) => {
+                    if last_report.elapsed() >= Duration::from_secs(1) {
+                        last_report = std::time::Instant::now();
+                        tracing::info!(
+                            pending = self.pending_writes(),
+                            elapsed_s = started.elapsed().as_secs(),
+                            grace_s = self.shutdown_grace.as_secs(),
+                            "writing what the node accepted before stopping"
+                        );
+                    }
+                }
             }
         }
         for t in self.tasks.drain(..) {
@@ -223,4 +298,13 @@ impl App {
         }
         self.store.close().await;
     }
+
+    /// Items accepted but not yet written (official changes, usage keys).
+    pub fn pending_writes(&self) -> usize {
+        self.monitor.as_ref().map(|m| m.pending()).unwrap_or(0)
+            + self.dns.as_ref().map(|d| d.pending_keys()).unwrap_or(0)
+    }
 }
+
+/// Attempts at enabling the role before start-up gives up (about a minute).
+const ENABLE_ATTEMPTS: u32 = 15;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use ibp_core::{
     CheckKey, CoreConfig, Decision, Effect, Engine, EngineError, Input, Observation,
     ObserveOutcome, OfficialChange, ProposeOutcome, SelfInfo,
@@ -140,10 +141,11 @@ pub struct RoleServices {
     pub downtime: Option<Arc<dyn DowntimeSource>>,
     /// Collator: receives `dns.usage.usageData` pushes.
     pub usage_push: Option<Arc<dyn UsagePushSink>>,
-    /// Monitor: every official change, in order, losslessly (to persist it).
-    pub official_sink: Option<mpsc::UnboundedSender<OfficialChange>>,
+    /// Monitor: every official change, in order, losslessly (to persist it). Bounded: when
+    /// the writer falls behind, the core's effects wait for it.
+    pub official_sink: Option<mpsc::Sender<OfficialChange>>,
     /// Every decision, in order, losslessly (the collator records outages from it).
-    pub decision_sink: Option<mpsc::UnboundedSender<Decision>>,
+    pub decision_sink: Option<mpsc::Sender<Decision>>,
     /// Monitor: official results persisted before a restart.
     pub restore_official: Vec<(Proposal, DateTime<Utc>)>,
     /// Monitor: local observations persisted before a restart (recorded, not proposed).
@@ -240,6 +242,8 @@ struct Inner {
     opts: NodeOptions,
     conn: Connection,
     metrics: Arc<Metrics>,
+    health: Arc<crate::health::Health>,
+    panic_timers: std::sync::atomic::AtomicBool,
     engine: Mutex<Option<Engine>>,
     role: Mutex<Option<Role>>,
     wake: Notify,
@@ -286,6 +290,8 @@ impl Node {
                 opts,
                 conn,
                 metrics,
+                health: Arc::new(crate::health::Health::new()),
+                panic_timers: std::sync::atomic::AtomicBool::new(false),
                 engine: Mutex::new(None),
                 role: Mutex::new(None),
                 wake: Notify::new(),
@@ -321,6 +327,11 @@ impl Node {
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The node's health registry.
+    pub fn health(&self) -> &Arc<crate::health::Health> {
+        &self.inner.health
     }
 
     /// The node's options.
@@ -365,6 +376,58 @@ impl Node {
                 Err(e)
             }
         }
+    }
+
+    /// Joins the cluster as a one-shot tool: learns every node (its join makes them answer
+    /// with theirs) but announces no role, is counted by nobody and takes part in nothing.
+    /// [`Node::shutdown`] announces its leave; its ID is its own, so no live node is hurt.
+    pub async fn enable_observer(&self) -> Result<(), EnableError> {
+        {
+            let mut r = self
+                .inner
+                .role
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(r) = *r {
+                return Err(EnableError::AlreadyEnabled(r));
+            }
+            *r = Some(Role::Collator);
+        }
+        let o = &self.inner.opts;
+        let me = SelfInfo {
+            node_id: self.inner.id.to_string(),
+            public_address: o.public_address.clone(),
+            listen_address: o.listen_address.clone(),
+            listen_port: o.listen_port.clone(),
+        };
+        *self.engine() = Some(Engine::observer(me, o.core.clone()));
+        let mut subs = Vec::new();
+        let r = async {
+            subs.push(
+                self.subscribe_input::<ClusterMessage>(subjects::CLUSTER, Input::Cluster)
+                    .await?,
+            );
+            subs.push(
+                self.subscribe_input::<ClusterMessage>(ibp_wire::ext::LEAVE_SUBJECT, Input::Leave)
+                    .await?,
+            );
+            self.inner.conn.flush().await?;
+            Ok::<(), crate::connection::BusError>(())
+        }
+        .await;
+        if let Err(e) = r {
+            for s in subs {
+                s.stop(Duration::from_millis(100)).await;
+            }
+            return Err(e.into());
+        }
+        if let Ok(mut s) = self.inner.subs.lock() {
+            s.extend(subs);
+        }
+        let fx = self.with_engine(|e, now| e.enable(now).unwrap_or_default());
+        self.run_effects(fx).await;
+        self.spawn_driver(Role::Collator);
+        Ok(())
     }
 
     async fn enable_inner(
@@ -446,8 +509,13 @@ impl Node {
                 collectors::receive_usage_pushes(self.clone(), services.usage_push.clone()).await?,
             ),
         }
-        // Subscriptions must be live at the server before others answer our joins.
-        self.inner.conn.barrier().await?;
+        // Our subscriptions must be live at the server before anyone answers our joins. No
+        // round trip is needed for that: the server handles one connection's SUBs before its
+        // later PUBs, and a cluster forwards the interest over a route before the message
+        // (same route, in order), so an answer to our join can only come after our SUB. (A
+        // request to a subject nobody serves would not do: anyone listening on `>` receives
+        // it and never answers.)
+        self.inner.conn.flush().await?;
         if let Ok(mut s) = self.inner.subs.lock() {
             s.extend(subs.drain(..));
         }
@@ -537,10 +605,14 @@ impl Node {
                 }
                 Effect::ApplyOfficial(change) => {
                     tracing::info!(node = %self.inner.id, check = %change.key, status = change.status, flipped = change.flipped, proposal = %change.proposal.id, "official result applied");
-                    if let Ok(s) = self.inner.services.lock()
-                        && let Some(tx) = &s.official_sink
-                    {
-                        let _ = tx.send(change);
+                    let tx = self
+                        .inner
+                        .services
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.official_sink.clone());
+                    if let Some(tx) = tx {
+                        let _ = tx.send(change).await;
                     }
                 }
                 Effect::Decided(d) => {
@@ -550,15 +622,27 @@ impl Node {
                         proposed = d.proposal.proposed_status, passed = d.passed, by_self = d.by_self, finalizer = %d.finalizer,
                         latency_ms = d.latency.map(|l| l.as_secs_f64() * 1000.0), "decision"
                     );
-                    if let Ok(s) = self.inner.services.lock()
-                        && let Some(tx) = &s.decision_sink
-                    {
-                        let _ = tx.send(d.clone());
+                    let tx = self
+                        .inner
+                        .services
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.decision_sink.clone());
+                    if let Some(tx) = tx {
+                        let _ = tx.send(d.clone()).await;
                     }
                     let _ = self.inner.decisions.send(d);
                 }
                 Effect::NodeJoined { node_id, role } => {
                     tracing::info!(node = %self.inner.id, peer = %node_id, role = %role, "node joined");
+                }
+                Effect::IdConflict { other } => {
+                    tracing::error!(node = %self.inner.id, other = %other, "another live node uses this node's ID: give every node its own ID (Nats.NodeID / --node-id)");
+                    self.inner.health.fail_for(
+                        crate::health::Part::NodeId,
+                        format!("another live node uses the ID {} ({other})", self.inner.id),
+                        Duration::from_secs(600),
+                    );
                 }
                 Effect::NodeLeft { node_id, announced } => {
                     tracing::info!(node = %self.inner.id, peer = %node_id, announced, "node left");
@@ -569,26 +653,58 @@ impl Node {
         self.inner.wake.notify_one();
     }
 
+    async fn timer_loop(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let next = self.read_engine(|e, _| e.next_deadline());
+            let wait = match next {
+                Some(at) => (at - self.now()).to_std().unwrap_or(Duration::ZERO),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    if self.inner.panic_timers.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        panic!("injected timer panic (test hook)");
+                    }
+                    let fx = self.with_engine(|e, now| e.tick(now));
+                    self.run_effects(fx).await;
+                }
+                _ = self.inner.wake.notified() => {}
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    /// Test hook: the timer task panics at its next tick (to show it is restarted).
+    #[doc(hidden)]
+    pub fn inject_timer_panic(&self) {
+        self.inner
+            .panic_timers
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.wake.notify_one();
+    }
+
     fn spawn_driver(&self, role: Role) {
         let mut tasks = Vec::new();
         // Timers: sleep until the core's next deadline, or until an input may have moved it.
+        // A panic (a bug) must not silence heartbeats, timeouts and garbage collection while
+        // the node still votes: the loop is restarted and the panic shown in /healthz.
         let node = self.clone();
-        let mut stop = self.inner.shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             loop {
-                let next = node.read_engine(|e, _| e.next_deadline());
-                let wait = match next {
-                    Some(at) => (at - node.now()).to_std().unwrap_or(Duration::ZERO),
-                    None => Duration::from_secs(3600),
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {
-                        let fx = node.with_engine(|e, now| e.tick(now));
-                        node.run_effects(fx).await;
-                    }
-                    _ = node.inner.wake.notified() => {}
-                    _ = stop.changed() => break,
+                let stop = node.inner.shutdown.subscribe();
+                let r = std::panic::AssertUnwindSafe(node.clone().timer_loop(stop))
+                    .catch_unwind()
+                    .await;
+                if r.is_ok() {
+                    break;
                 }
+                node.inner.metrics.handler_panics.inc();
+                tracing::error!(node = %node.inner.id, "the timer task panicked; restarted");
+                node.inner.health.fail_for(
+                    crate::health::Part::Timers,
+                    "the timer task panicked and was restarted (see the log)",
+                    Duration::from_secs(600),
+                );
             }
         }));
         // Re-announce after every reconnect; monitors also re-propose what may be lost.
@@ -927,12 +1043,12 @@ impl Node {
         }
     }
 
-    /// Leaves the cluster cleanly: announces the leave, stops the subscriptions (letting
-    /// handlers in flight finish, up to `grace`), stops the timers and closes the
+    /// Leaves the cluster cleanly: stops the subscriptions (letting handlers in flight
+    /// finish, up to `grace`) and the timers, then announces the leave and closes the
     /// connection after flushing what is pending.
     pub async fn shutdown(&self, grace: Duration) {
-        let fx = self.with_engine(|e, now| e.leave(now));
-        self.run_effects(fx).await;
+        // Inputs and timers first, the leave last: a vote, finalize or join sent after the
+        // leave would be newer than it and bring this node back on every peer.
         let subs: Vec<SubscriptionHandle> = self
             .inner
             .subs
@@ -952,6 +1068,8 @@ impl Node {
         for t in tasks {
             let _ = tokio::time::timeout(grace, t).await;
         }
+        let fx = self.with_engine(|e, now| e.leave(now));
+        self.run_effects(fx).await;
         self.inner.conn.close().await;
         // Drop the sinks so the tasks persisting decisions see their channels close.
         if let Ok(mut s) = self.inner.services.lock() {

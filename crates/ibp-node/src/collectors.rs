@@ -28,22 +28,23 @@ use crate::connection::{BusError, Concurrency, SubscriptionHandle};
 
 /// Answers usage requests (a DNS node's usage table).
 pub trait UsageSource: Send + Sync + 'static {
-    /// Usage rows for a validated request (`from` ≤ `to`).
+    /// Usage rows for a validated request (`from` ≤ `to`). With `per_node`, rows counted
+    /// under different node IDs (this node's earlier IDs) stay apart and carry their ID.
     fn usage(
         &self,
         req: UsageRequest,
         from: NaiveDate,
         to: NaiveDate,
+        per_node: bool,
     ) -> BoxFuture<'static, Result<Vec<UsageRecord>, String>>;
 }
 
 /// Answers downtime requests (a monitor's outage events).
 pub trait DowntimeSource: Send + Sync + 'static {
-    /// Events overlapping the window, for one member or (empty name) all.
-    fn downtime(
-        &self,
-        req: DowntimeRequest,
-    ) -> BoxFuture<'static, Result<Vec<DowntimeEvent>, String>>;
+    /// Events overlapping the window, for one member or (empty name) all, each already
+    /// encoded as a wire `DowntimeEvent` (a large answer is built page by page and held
+    /// once).
+    fn downtime(&self, req: DowntimeRequest) -> BoxFuture<'static, Result<Vec<Vec<u8>>, String>>;
 }
 
 /// Receives usage pushed on `dns.usage.usageData` (collator).
@@ -129,7 +130,9 @@ trait Kind: Send + 'static {
     fn split(resp: Self::Resp) -> (String, Vec<Self::Item>, String);
     #[cfg(test)]
     fn build(node_id: &str, items: Vec<Self::Item>, error: String) -> Self::Resp;
-    fn stamp(_item: &mut Self::Item, _node_id: &str) {}
+    /// Attributes an item to the node that answered. `others` are the other active nodes
+    /// of the role.
+    fn stamp(_item: &mut Self::Item, _node_id: &str, _others: &BTreeSet<String>) {}
 }
 
 struct Usage;
@@ -155,8 +158,13 @@ impl Kind for Usage {
             error,
         }
     }
-    fn stamp(item: &mut UsageRecord, node_id: &str) {
-        item.node_id = node_id.to_string();
+    /// A record keeps the ID it was counted under when it names one (a DNS node whose ID
+    /// changed answers its old rows under the old ID), unless that is another live DNS
+    /// node's ID: no node may write rows in another's name. Go DNS nodes leave it empty.
+    fn stamp(item: &mut UsageRecord, node_id: &str, others: &BTreeSet<String>) {
+        if item.node_id.is_empty() || others.contains(&item.node_id) {
+            item.node_id = node_id.to_string();
+        }
     }
 }
 
@@ -258,6 +266,7 @@ async fn fan_out<K: Kind>(
     let payload = ibp_wire::encode(req).map_err(|e| FanoutError::InvalidRequest(e.to_string()))?;
     let mut headers = HeaderMap::new();
     headers.insert(ext::HDR_ACCEPT_PARTS, "1");
+    headers.insert(ext::HDR_USAGE_PER_NODE, "1");
     conn.publish_request(K::SUBJECT, &inbox, headers, payload.into())
         .await?;
 
@@ -285,7 +294,13 @@ async fn fan_out<K: Kind>(
         if from.is_empty() {
             from = header(&msg, ext::HDR_NODE).unwrap_or_default();
         }
-        if from.is_empty() || done.contains(&from) {
+        if from.is_empty() {
+            // Not an answer: e.g. the acknowledgement of a JetStream stream that captures
+            // the request subject.
+            node.metrics().ignore("fanout_reply_without_node");
+            continue;
+        }
+        if done.contains(&from) {
             continue;
         }
         // Only nodes of the role are listened to: anything else on the inbox could grow
@@ -319,8 +334,13 @@ async fn fan_out<K: Kind>(
         if !error.is_empty() {
             errors.insert(from.clone(), error);
         }
+        let others: BTreeSet<String> = node
+            .active_ids(K::ROLE)
+            .into_iter()
+            .filter(|id| *id != from)
+            .collect();
         for it in &mut items {
-            K::stamp(it, &from);
+            K::stamp(it, &from, &others);
         }
         a.parts.entry(index).or_insert(items);
         if a.parts.len() as u32 >= a.count {
@@ -405,37 +425,46 @@ pub fn aggregate_usage(records: &[UsageRecord]) -> Vec<UsageRecord> {
 
 // ----- answering -------------------------------------------------------------------------
 
-/// Sends `items` as the answer to `msg`: one reply when it fits the server's
-/// `max_payload`; otherwise parts if the requester accepts them, or an error reply.
+/// Encodes items one by one, each freed as soon as it is encoded.
+fn encode_all<T: Serialize>(items: Vec<T>) -> Result<Vec<Vec<u8>>, String> {
+    items
+        .into_iter()
+        .map(|i| ibp_wire::encode(&i).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Sends already-encoded items as the answer to `msg`: one reply when it fits the server's
+/// `max_payload`; otherwise parts if the requester accepts them, or an error reply. Each
+/// item is moved into the reply that carries it, so a large answer is held once, not twice.
 async fn answer<K: Kind>(
     node: &Node,
     reply: &str,
     accepts_parts: bool,
-    items: Vec<K::Item>,
+    encoded: Result<Vec<Vec<u8>>, String>,
     error: String,
 ) {
     let conn = node.connection();
     let me = node.id().as_str();
     // Headers and protocol overhead also count against max_payload.
     let limit = conn.max_payload().saturating_sub(4096).max(1024);
-    // Each item is encoded once; replies (whole or in parts) are assembled from the pieces.
-    let encoded: Vec<Vec<u8>> = match items.iter().map(ibp_wire::encode).collect() {
+    let mut encoded = match encoded {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(kind = K::NAME, error = %e, "cannot encode reply; answering with the error");
             let _ = conn
                 .publish_bytes(
                     reply,
-                    assemble::<K>(me, &[], &format!("cannot encode the reply: {e}")).into(),
+                    assemble::<K>(me, Vec::new(), &format!("cannot encode the reply: {e}")).into(),
                 )
                 .await;
             return;
         }
     };
-    let total: usize =
-        encoded.iter().map(|e| e.len() + 1).sum::<usize>() + assemble::<K>(me, &[], &error).len();
+    let records = encoded.len();
+    let empty = assemble::<K>(me, Vec::new(), &error).len();
+    let total: usize = encoded.iter().map(|e| e.len() + 1).sum::<usize>() + empty;
     if total <= limit {
-        let whole = assemble::<K>(me, &encoded, &error);
+        let whole = assemble::<K>(me, encoded, &error);
         let r = if accepts_parts {
             let mut h = HeaderMap::new();
             h.insert(ext::HDR_NODE, me);
@@ -449,10 +478,10 @@ async fn answer<K: Kind>(
         return;
     }
     if !accepts_parts {
+        drop(encoded);
         node.metrics().replies_too_large.inc();
         let msg = format!(
-            "reply of {total} bytes ({} records) exceeds the server's max_payload of {} bytes; narrow the request or ask with the {} header",
-            items.len(),
+            "reply of {total} bytes ({records} records) exceeds the server's max_payload of {} bytes; narrow the request or ask with the {} header",
             conn.max_payload(),
             ext::HDR_ACCEPT_PARTS
         );
@@ -463,18 +492,19 @@ async fn answer<K: Kind>(
             "reply too large for a requester without parts support; answering with an error"
         );
         let _ = conn
-            .publish_bytes(reply, assemble::<K>(me, &[], &msg).into())
+            .publish_bytes(reply, assemble::<K>(me, Vec::new(), &msg).into())
             .await;
         return;
     }
     // Pack records greedily into parts that each fit.
-    let overhead = assemble::<K>(me, &[], &error).len() + 16;
+    let overhead = empty + 16;
     if let Some(big) = encoded
         .iter()
         .map(Vec::len)
         .max()
         .filter(|n| overhead + n > limit)
     {
+        drop(encoded);
         node.metrics().replies_too_large.inc();
         let msg = format!(
             "a single record of {big} bytes exceeds the server's max_payload of {} bytes",
@@ -482,28 +512,34 @@ async fn answer<K: Kind>(
         );
         tracing::error!(kind = K::NAME, bytes = big, "{msg}");
         let _ = conn
-            .publish_bytes(reply, assemble::<K>(me, &[], &msg).into())
+            .publish_bytes(reply, assemble::<K>(me, Vec::new(), &msg).into())
             .await;
         return;
     }
     let answer_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new();
     let (mut start, mut size) = (0, overhead);
     for (i, e) in encoded.iter().enumerate() {
         let n = e.len() + 1;
         if i > start && size + n > limit {
-            parts.push(start..i);
+            sizes.push(i - start);
             start = i;
             size = overhead;
         }
         size += n;
     }
-    parts.push(start..encoded.len());
-    let count = parts.len();
-    for (i, range) in parts.into_iter().enumerate() {
+    sizes.push(encoded.len() - start);
+    let count = sizes.len();
+    // Parts are taken from the back, so each is moved out without shifting the rest.
+    let mut bodies = Vec::with_capacity(count);
+    for (i, n) in sizes.iter().enumerate().rev() {
+        let items = encoded.split_off(encoded.len() - n);
         // The error, if any, travels with the first part only.
         let err = if i == 0 { error.as_str() } else { "" };
-        let body = assemble::<K>(me, &encoded[range], err);
+        bodies.push(assemble::<K>(me, items, err));
+    }
+    bodies.reverse();
+    for (i, body) in bodies.into_iter().enumerate() {
         let mut h = HeaderMap::new();
         h.insert(ext::HDR_NODE, me);
         h.insert(ext::HDR_REPLY_ID, answer_id.as_str());
@@ -520,8 +556,10 @@ async fn answer<K: Kind>(
 
 /// The bytes `ibp_wire::encode(&K::build(node, items, error))` would give, from items
 /// already encoded (so a large reply is encoded once, whether whole or in parts).
-fn assemble<K: Kind>(node: &str, items: &[Vec<u8>], error: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + items.iter().map(|e| e.len() + 1).sum::<usize>());
+fn assemble<K: Kind>(node: &str, items: Vec<Vec<u8>>, error: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        96 + node.len() + error.len() + items.iter().map(|e| e.len() + 1).sum::<usize>(),
+    );
     out.extend_from_slice(b"{\"nodeID\":");
     out.extend(ibp_wire::encode(node).unwrap_or_else(|_| b"\"\"".to_vec()));
     out.extend_from_slice(b",\"");
@@ -531,11 +569,11 @@ fn assemble<K: Kind>(node: &str, items: &[Vec<u8>], error: &str) -> Vec<u8> {
         out.extend_from_slice(b"null");
     } else {
         out.push(b'[');
-        for (i, e) in items.iter().enumerate() {
+        for (i, e) in items.into_iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(e);
+            out.extend_from_slice(&e);
         }
         out.push(b']');
     }
@@ -570,6 +608,8 @@ pub async fn serve_usage(
                     .map(|r| r.to_string())
                     .unwrap_or_else(|| subjects::USAGE_DATA.to_string());
                 let parts = accepts_parts(&msg);
+                let per_node =
+                    header(&msg, ext::HDR_USAGE_PER_NODE).is_some_and(|v| v.trim() == "1");
                 let result = match ibp_wire::decode::<UsageRequest>(&msg.payload) {
                     Err(e) => {
                         node.metrics().decode_failed(subjects::USAGE_GET);
@@ -584,7 +624,7 @@ pub async fn serve_usage(
                             ))
                         }
                         (Ok(_), None) => Err("this node has no usage store".to_string()),
-                        (Ok((from, to)), Some(s)) => s.usage(req, from, to).await,
+                        (Ok((from, to)), Some(s)) => s.usage(req, from, to, per_node).await,
                     },
                 };
                 let me = node.id().to_string();
@@ -595,10 +635,14 @@ pub async fn serve_usage(
                         (Vec::new(), e)
                     }
                 };
+                // Rows keep the ID they were counted under (a requester that asked per
+                // node); the rest, as Go DNS nodes leave them, are this node's.
                 for it in &mut items {
-                    it.node_id = me.clone();
+                    if !per_node || it.node_id.is_empty() {
+                        it.node_id = me.clone();
+                    }
                 }
-                answer::<Usage>(&node, &reply, parts, items, error).await;
+                answer::<Usage>(&node, &reply, parts, encode_all(items), error).await;
             }
         })
         .await
@@ -640,7 +684,7 @@ pub async fn serve_downtime(
                     Ok(items) => (items, String::new()),
                     Err(e) => (Vec::new(), e),
                 };
-                answer::<Downtime>(&node, &reply, parts, items, error).await;
+                answer::<Downtime>(&node, &reply, parts, Ok(items), error).await;
             }
         })
         .await
@@ -686,7 +730,7 @@ mod tests {
             .collect();
         let want = ibp_wire::encode(&K::build(node, items, error.to_string())).expect("encodes");
         assert_eq!(
-            String::from_utf8_lossy(&assemble::<K>(node, &encoded, error)),
+            String::from_utf8_lossy(&assemble::<K>(node, encoded, error)),
             String::from_utf8_lossy(&want)
         );
     }

@@ -25,8 +25,9 @@ pub struct ConfigError {
 }
 
 fn cerr(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    let field: String = field.into();
     ConfigError {
-        field: field.into(),
+        field,
         reason: reason.into(),
     }
 }
@@ -122,6 +123,29 @@ pub struct IbpSection {
     pub security: Option<Value>,
     /// Log format: `pretty` or `json`.
     pub log_format: Option<String>,
+    /// How long a clean shutdown may take to write what the node accepted (`60s`).
+    pub shutdown_grace: Option<String>,
+    /// Fetching the member and service lists.
+    pub lists: Option<ListsSection>,
+}
+
+/// Limits of the member/service list fetches.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListsSection {
+    /// Largest accepted document, bytes (8 MiB; the real lists are ~100 KB).
+    pub max_bytes: u64,
+    /// Time limit of one fetch, connection to last byte (`30s`).
+    pub timeout: String,
+}
+
+impl Default for ListsSection {
+    fn default() -> Self {
+        ListsSection {
+            max_bytes: 8 << 20,
+            timeout: "30s".into(),
+        }
+    }
 }
 
 /// Extra NATS options beyond the Go `Nats` section.
@@ -185,12 +209,18 @@ impl Default for CollatorSection {
 pub struct DnsSection {
     /// Flush period of the hit counters (`5m`).
     pub flush_interval: String,
+    /// Distinct pending usage keys that trigger a flush at once (100,000).
+    pub flush_at_keys: usize,
+    /// Most distinct pending usage keys held in memory (200,000); see `HitLimits`.
+    pub max_pending_keys: usize,
 }
 
 impl Default for DnsSection {
     fn default() -> Self {
         DnsSection {
             flush_interval: "5m".into(),
+            flush_at_keys: 100_000,
+            max_pending_keys: 200_000,
         }
     }
 }
@@ -465,6 +495,18 @@ pub struct NodeConfig {
     pub log_level: Option<String>,
     /// Log format from the file (the flag wins).
     pub log_format: Option<String>,
+    /// How long a clean shutdown may take to write what the node accepted.
+    pub shutdown_grace: Duration,
+    /// DNS hit counter limits.
+    pub hit_limits: crate::roles::HitLimits,
+    /// Largest member/service list accepted, bytes.
+    pub lists_max_bytes: u64,
+    /// Time limit of one list fetch.
+    pub lists_timeout: Duration,
+    /// Where the node ID came from (`--node-id`, `Nats.NodeID`, or the kept file).
+    pub node_id_source: String,
+    /// Where a derived node ID is kept (none when the ID is configured).
+    pub node_id_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -503,19 +545,34 @@ impl NodeConfig {
                 e.to_string(),
             )
         })?;
+        let work_dir = o
+            .work_dir
+            .clone()
+            .or_else(|| file.work_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("ibp-data"));
+        let mut node_id_file = None;
         let (id_field, id) = if let Some(id) = &o.node_id {
-            ("--node-id", id.clone())
+            ("--node-id".to_string(), id.clone())
         } else if let Some(id) = &ibp.node_id {
-            ("IbpNode.node_id", id.clone())
-        } else if let Some(id) = &file.nats_node_id {
-            ("Nats.NodeID", id.clone())
+            ("IbpNode.node_id".to_string(), id.clone())
+        } else if let Some(id) = file.nats_node_id.as_ref().filter(|i| !i.trim().is_empty()) {
+            ("Nats.NodeID".to_string(), id.clone())
         } else {
-            (
-                "--node-id",
-                format!("ibp-{}-{}", role.short_name(), std::process::id()),
-            )
+            let (path, id) = derived_node_id(role, &work_dir);
+            node_id_file = Some(path.clone());
+            (path.display().to_string(), id)
         };
-        let node_id = NodeId::new(id).map_err(|e| cerr(id_field, e.to_string()))?;
+        let node_id = NodeId::new(id).map_err(|e| cerr(&id_field, e.to_string()))?;
+        if role == Role::Dns && node_id.as_str().chars().count() > MAX_STORED_ID {
+            return Err(cerr(
+                &id_field,
+                format!(
+                    "{:?} has {} characters; a DNS node's ID keys its rows in requests.node_id (VARCHAR({MAX_STORED_ID})), where a longer one would be cut and collide with another node's: use at most {MAX_STORED_ID}",
+                    node_id.as_str(),
+                    node_id.as_str().chars().count()
+                ),
+            ));
+        }
         let mut nats = ConnectOptions {
             servers: o
                 .nats_url
@@ -582,11 +639,6 @@ impl NodeConfig {
                 )
             })?;
         }
-        let work_dir = o
-            .work_dir
-            .clone()
-            .or_else(|| file.work_dir.clone())
-            .unwrap_or_else(|| PathBuf::from("ibp-data"));
         let default_port = match role {
             Role::Monitor => 6101,
             Role::Dns => 6100,
@@ -657,6 +709,24 @@ impl NodeConfig {
                 "must be positive",
             ));
         }
+        let shutdown_grace = duration(
+            "IbpNode.shutdown_grace",
+            ibp.shutdown_grace.as_deref().unwrap_or("60s"),
+        )?;
+        if dns.flush_at_keys == 0 || dns.max_pending_keys < dns.flush_at_keys {
+            return Err(cerr(
+                "IbpNode.dns.max_pending_keys",
+                "must be at least flush_at_keys, which must be positive",
+            ));
+        }
+        let lists = ibp.lists.clone().unwrap_or_default();
+        let lists_timeout = duration("IbpNode.lists.timeout", &lists.timeout)?;
+        if lists.max_bytes == 0 || lists_timeout.is_zero() {
+            return Err(cerr(
+                "IbpNode.lists",
+                "max_bytes and timeout must be positive",
+            ));
+        }
         if let Some(f) = &ibp.log_format
             && f != "pretty"
             && f != "json"
@@ -688,6 +758,86 @@ impl NodeConfig {
             reconcile_interval,
             log_level: file.log_level.clone(),
             log_format: ibp.log_format.clone(),
+            shutdown_grace,
+            hit_limits: crate::roles::HitLimits {
+                flush_at: dns.flush_at_keys,
+                max_keys: dns.max_pending_keys,
+            },
+            lists_max_bytes: lists.max_bytes,
+            lists_timeout,
+            node_id_source: id_field,
+            node_id_file,
         })
     }
+}
+
+/// Width of the `node_id` column of `requests`: a DNS node's ID must fit it whole.
+pub const MAX_STORED_ID: usize = 32;
+
+/// The ID a node without a configured one uses: `<role>-<host>-<6 hex>`, the hex derived
+/// from the host and the work directory, and kept in `<work_dir>/node-id.<role>` from the
+/// first start on. So it is the same at every start (a DNS node counted under a new ID at
+/// every start would be counted twice), `check-config` shows the one `run` will use, and
+/// two nodes on one host (each with its own work directory) differ. At most 31 characters:
+/// it fits `requests.node_id`. Nothing is written here: see [`keep_node_id`].
+pub fn derived_node_id(role: Role, work_dir: &Path) -> (PathBuf, String) {
+    let path = work_dir.join(format!("node-id.{}", role.short_name()));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim().to_string();
+        if !id.is_empty() {
+            return (path, id);
+        }
+    }
+    let raw_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host: String = raw_host
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(14)
+        .collect();
+    let host = host.trim_matches('-');
+    let host = if host.is_empty() { "node" } else { host };
+    let dir = std::path::absolute(work_dir).unwrap_or_else(|_| work_dir.to_path_buf());
+    let digest = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(raw_host.trim().as_bytes());
+        h.update([0]);
+        h.update(dir.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(role.short_name().as_bytes());
+        h.finalize()
+    };
+    let suffix: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    (path, format!("{}-{host}-{suffix}", role.short_name()))
+}
+
+/// Keeps a derived node ID in the work directory (at `run`), so it survives a move of the
+/// directory or a rename of the host.
+pub fn keep_node_id(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    let Some(path) = cfg.node_id_file.as_ref() else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&cfg.work_dir)
+        .and_then(|()| std::fs::write(path, format!("{}\n", cfg.node_id)))
+        .map_err(|e| {
+            cerr(
+                path.display().to_string(),
+                format!(
+                    "cannot keep the node ID {} here: {e} (set Nats.NodeID or --node-id, or make the work directory writable)",
+                    cfg.node_id
+                ),
+            )
+        })?;
+    tracing::info!(node_id = %cfg.node_id, file = %path.display(), "no node ID configured: this one is kept for later starts");
+    Ok(())
 }

@@ -491,14 +491,29 @@ impl Connection {
         })
     }
 
-    /// Flushes what is pending and closes the connection, for every clone of it.
+    /// Flushes what is pending and closes the connection, for every clone of it. Returns
+    /// once what was published is on the socket and the connection is closed (each step
+    /// bounded): the client's own drain only starts closing, and a process that exits
+    /// right after it loses its last messages (a leave, say).
     pub async fn close(&self) {
         if let Ok(mut c) = self.cell.lock() {
             c.take();
         }
+        if tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS flush on close did not finish within 2 s");
+        }
         if let Err(e) = self.client.drain().await {
             tracing::debug!(error = %e, "drain on close");
         }
+        let mut state = self.state.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            state.wait_for(|s| s.state == StateKind::Closed),
+        )
+        .await;
     }
 
     /// The underlying client, for what the helpers here do not cover (JetStream).

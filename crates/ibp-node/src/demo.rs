@@ -376,9 +376,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 network: "Demo Net".into(),
                 is_ipv6: j % 2 == 1,
                 hits: Some(hits),
-            });
+            })
+            .map_err(|e| e.to_string())?;
         }
-        dns.flush().await.map_err(|e| e.to_string())?;
+        dns.flush().await;
         sent.push((app.node.id().to_string(), total));
         t.say(format!(
             "{} answered {total} queries for {domain} and flushed its counters",

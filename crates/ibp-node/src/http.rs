@@ -34,10 +34,32 @@ pub struct AppState {
 /// Most observations or hits accepted in one request.
 pub const MAX_BATCH: usize = 10_000;
 
+/// Longest a request/response handler may take (event streams excepted): a locked table
+/// must not hold HTTP clients, and their connections, for minutes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn time_limit(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.uri().path().starts_with("/v1/stream") {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no answer within {} s: the node's database is locked or overloaded (see /healthz)",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/cluster", get(cluster))
         .route("/v1/proposals", get(proposals))
         .route("/v1/official", get(official))
@@ -49,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/observations", post(observations))
         .route("/v1/usage/hits", post(hits))
         .route("/v1/usage/collect", post(collect))
+        .layer(axum::middleware::from_fn(time_limit))
         .with_state(state)
 }
 
@@ -64,21 +87,73 @@ fn not_for_role(node: &Node, what: &str) -> Response {
     )
 }
 
+/// Readiness: 200 when the node can do its job, 503 naming every part that cannot (NATS,
+/// storage, the durable consumer, the timers, a node with the same ID).
 async fn healthz(State(s): State<AppState>) -> Response {
-    let nats = match s.node.connection().state().state {
-        StateKind::Connected | StateKind::Reconnected if s.node.connection().is_connected() => {
-            "connected"
-        }
-        _ => "disconnected",
+    let connected = matches!(
+        s.node.connection().state().state,
+        StateKind::Connected | StateKind::Reconnected
+    ) && s.node.connection().is_connected();
+    let mut problems = s.node.health().problems();
+    if !connected {
+        problems.insert(
+            0,
+            crate::health::Problem {
+                part: crate::health::Part::Nats.name(),
+                detail: "disconnected from NATS; reconnecting".into(),
+                since: Utc::now(),
+                until: None,
+            },
+        );
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    axum::Json(json!({
-        "nodeId": s.node.id().as_str(),
-        "role": s.node.role().map(|r| r.short_name()),
-        "nats": nats,
-        "server": s.node.connection().state().server,
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
-    .into_response()
+    (
+        status,
+        axum::Json(json!({
+            "status": if problems.is_empty() { "ok" } else { "degraded" },
+            "nodeId": s.node.id().as_str(),
+            "role": s.node.role().map(|r| r.short_name()),
+            "nats": if connected { "connected" } else { "disconnected" },
+            "server": s.node.connection().state().server,
+            "version": env!("CARGO_PKG_VERSION"),
+            "problems": problems,
+        })),
+    )
+        .into_response()
+}
+
+/// Liveness: 200 while the process serves HTTP at all (for restarts by a supervisor; use
+/// `/healthz` to take a node out of rotation).
+async fn livez() -> Response {
+    axum::Json(json!({"status": "alive"})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LimitQuery {
+    limit: Option<u32>,
+}
+
+async fn dead_letters(State(s): State<AppState>, Query(q): Query<LimitQuery>) -> Response {
+    let store = match (&s.monitor, &s.dns, &s.collator) {
+        (Some(m), _, _) => m.store().clone(),
+        (_, Some(d), _) => d.store().clone(),
+        (_, _, Some(c)) => c.store().clone(),
+        _ => return not_for_role(&s.node, "/v1/dead-letters"),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    match (
+        store.dead_letters(limit).await,
+        store.dead_letter_count().await,
+    ) {
+        (Ok(items), Ok(total)) => {
+            axum::Json(json!({ "total": total, "deadLetters": items })).into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 async fn cluster(State(s): State<AppState>) -> Response {
@@ -375,11 +450,26 @@ async fn hits(State(s): State<AppState>, body: Bytes) -> Response {
     });
     match parsed {
         Ok(hs) => {
+            // All or nothing: a batch that might not fit is refused before any of it counts.
+            if !dns.has_room(hs.len()) {
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} usage keys are waiting for the database; retry later",
+                        dns.pending_keys()
+                    ),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return r;
+            }
             let n: i64 = hs
                 .iter()
                 .fold(0i64, |a, h| a.saturating_add(h.hits.unwrap_or(1)));
             for h in &hs {
-                dns.record_dns_hit(h);
+                if let Err(e) = dns.record_dns_hit(h) {
+                    tracing::warn!(error = %e, "hit not counted");
+                }
             }
             (
                 StatusCode::ACCEPTED,
@@ -538,6 +628,24 @@ struct EventQuery {
     member: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    /// Page size (default 500, at most 5,000).
+    limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    cursor: Option<String>,
+}
+
+/// `<start RFC 3339>~<id>`: the last outage of a page.
+fn parse_cursor(c: &str) -> Result<(DateTime<Utc>, i64), String> {
+    let (t, id) = c
+        .rsplit_once('~')
+        .ok_or_else(|| format!("cursor: {c:?} is not a cursor this node gave"))?;
+    let t = DateTime::parse_from_rfc3339(t)
+        .map_err(|_| format!("cursor: {c:?} is not a cursor this node gave"))?
+        .with_timezone(&Utc);
+    let id = id
+        .parse()
+        .map_err(|_| format!("cursor: {c:?} is not a cursor this node gave"))?;
+    Ok((t, id))
 }
 
 fn parse_time(
@@ -570,11 +678,35 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventQuery>) -> Respo
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let after = match q.cursor.as_deref().map(parse_cursor).transpose() {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let limit = q.limit.unwrap_or(500).clamp(1, 5_000);
     match store
-        .events_overlapping(q.member.as_deref().filter(|m| !m.is_empty()), from, to)
+        .events_overlapping_page(
+            q.member.as_deref().filter(|m| !m.is_empty()),
+            from,
+            to,
+            after,
+            limit,
+        )
         .await
     {
-        Ok(evs) => axum::Json(json!({ "events": evs })).into_response(),
+        Ok(evs) => {
+            let next = (evs.len() as u32 == limit)
+                .then(|| evs.last())
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "{}~{}",
+                        e.start_time
+                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        e.id
+                    )
+                });
+            axum::Json(json!({ "events": evs, "next": next })).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

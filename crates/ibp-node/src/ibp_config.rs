@@ -201,14 +201,50 @@ impl IbpConfig {
     }
 }
 
-/// Reads an http(s) URL or a local path.
-pub async fn fetch(source: &str) -> Result<String, String> {
-    if source.starts_with("http://") || source.starts_with("https://") {
+/// Size and time limits of one list fetch: a misbehaving server (or a wrong URL pointing at
+/// something huge) must not grow the node's memory or hold a reload forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// Largest accepted document, bytes.
+    pub max_bytes: u64,
+    /// Time limit of the whole fetch, connection to last byte.
+    pub timeout: Duration,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        FetchLimits {
+            max_bytes: 8 << 20,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reads an http(s) URL or a local path, within `limits`.
+pub async fn fetch(source: &str, limits: FetchLimits) -> Result<String, String> {
+    match tokio::time::timeout(limits.timeout, fetch_unbounded_time(source, limits)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "{source}: not complete within {:?} (IbpNode.lists.timeout)",
+            limits.timeout
+        )),
+    }
+}
+
+async fn fetch_unbounded_time(source: &str, limits: FetchLimits) -> Result<String, String> {
+    let too_big = || {
+        format!(
+            "{source}: larger than {} bytes (IbpNode.lists.max_bytes); refused",
+            limits.max_bytes
+        )
+    };
+    let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+        // The whole fetch is bounded by the caller's timeout, which names the setting.
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(limits.timeout)
             .build()
             .map_err(|e| e.to_string())?;
-        let resp = client
+        let mut resp = client
             .get(source)
             .send()
             .await
@@ -216,13 +252,38 @@ pub async fn fetch(source: &str) -> Result<String, String> {
         if !resp.status().is_success() {
             return Err(format!("GET {source}: HTTP {}", resp.status()));
         }
-        resp.text().await.map_err(|e| format!("GET {source}: {e}"))
-    } else {
-        let path = source.strip_prefix("file://").unwrap_or(source);
-        tokio::fs::read_to_string(path)
+        if resp.content_length().is_some_and(|n| n > limits.max_bytes) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| format!("read {path}: {e}"))
-    }
+            .map_err(|e| format!("GET {source}: {e}"))?
+        {
+            if (body.len() + chunk.len()) as u64 > limits.max_bytes {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        body
+    } else {
+        use tokio::io::AsyncReadExt;
+        let path = source.strip_prefix("file://").unwrap_or(source);
+        let f = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| format!("read {path}: {e}"))?;
+        let mut body = Vec::new();
+        f.take(limits.max_bytes + 1)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| format!("read {path}: {e}"))?;
+        if body.len() as u64 > limits.max_bytes {
+            return Err(too_big());
+        }
+        body
+    };
+    String::from_utf8(bytes).map_err(|e| format!("{source}: not UTF-8 text: {e}"))
 }
 
 /// The current member/service lists, shared by a node's services, reloaded in the
@@ -230,6 +291,7 @@ pub async fn fetch(source: &str) -> Result<String, String> {
 #[derive(Debug, Clone, Default)]
 pub struct SharedIbpConfig {
     inner: Arc<RwLock<Option<Arc<IbpConfig>>>>,
+    limits: FetchLimits,
 }
 
 impl SharedIbpConfig {
@@ -237,6 +299,15 @@ impl SharedIbpConfig {
     pub fn fixed(cfg: IbpConfig) -> SharedIbpConfig {
         SharedIbpConfig {
             inner: Arc::new(RwLock::new(Some(Arc::new(cfg)))),
+            limits: FetchLimits::default(),
+        }
+    }
+
+    /// An empty holder whose fetches keep within `limits`.
+    pub fn with_limits(limits: FetchLimits) -> SharedIbpConfig {
+        SharedIbpConfig {
+            inner: Arc::default(),
+            limits,
         }
     }
 
@@ -248,7 +319,7 @@ impl SharedIbpConfig {
     /// Loads once from `members` and `services`; on failure keeps the last good copy and
     /// returns the error.
     pub async fn reload(&self, members: &str, services: &str) -> Result<(), String> {
-        let (m, s) = tokio::join!(fetch(members), fetch(services));
+        let (m, s) = tokio::join!(fetch(members, self.limits), fetch(services, self.limits));
         let cfg = IbpConfig::parse(&m?, &s?)?;
         if let Ok(mut g) = self.inner.write() {
             *g = Some(Arc::new(cfg));

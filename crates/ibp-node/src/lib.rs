@@ -7,14 +7,18 @@
 //!   outage records, hourly usage collection.
 //! * [`config`] / [`ibp_config`] — node configuration (Go files accepted as they are) and
 //!   the IBP member and service lists.
-//! * [`metrics`] — each node's own Prometheus registry.
+//! * [`metrics`] — each node's own Prometheus registry; [`health`] — what `/healthz` says.
+//! * [`durable`] — the collator's JetStream consumer of decisions.
 pub mod app;
 pub mod cluster;
 pub mod collectors;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod durable;
+pub mod health;
 pub mod http;
 pub mod ibp_config;
 pub mod metrics;
+pub mod normalize;
 pub mod roles;

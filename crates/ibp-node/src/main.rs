@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ibp_node::app::App;
-use ibp_node::cluster::{Node, NodeOptions, RoleServices};
+use ibp_node::cluster::{Node, NodeOptions};
 use ibp_node::collectors;
 use ibp_node::config::{FileConfig, NodeConfig, Overrides};
 use ibp_wire::{DowntimeRequest, NodeId, Role, UsageRequest, WireTime};
@@ -96,7 +96,8 @@ struct FanoutArgs {
     /// How long to wait for answers (e.g. 20s).
     #[arg(long, default_value = "20s")]
     timeout: String,
-    /// Node ID this tool uses on the bus (default ibp-cli-<pid>).
+    /// Prefix of the ID this tool uses on the bus (default ibp-cli). A random suffix is
+    /// always added: a tool never borrows a live node's ID.
     #[arg(long)]
     node_id: Option<String>,
 }
@@ -207,6 +208,7 @@ async fn run(args: RunArgs, format: Option<LogFormat>) -> Result<()> {
         std::fs::create_dir_all(&cfg.work_dir)
             .with_context(|| format!("cannot create WorkDir {}", cfg.work_dir.display()))?;
     }
+    ibp_node::config::keep_node_id(&cfg)?;
     let app = App::start(cfg).await?;
     wait_for_signal().await;
     tracing::info!("signal received; shutting down");
@@ -219,17 +221,25 @@ async fn run(args: RunArgs, format: Option<LogFormat>) -> Result<()> {
 /// A short-lived node that learns the cluster, for the one-shot collectors.
 async fn cli_node(bus: &FanoutArgs, target: Role) -> Result<(Node, Duration)> {
     let timeout = ibp_core::parse_duration(&bus.timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
-    let id = bus
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("ibp-cli-{}", std::process::id()));
-    let id = NodeId::new(id).map_err(|e| anyhow!("--node-id: {e}"))?;
+    let prefix = bus.node_id.clone().unwrap_or_else(|| "ibp-cli".to_string());
+    let lower = prefix.to_ascii_lowercase();
+    if lower.contains("monitor") || lower.contains("dns") {
+        bail!(
+            "--node-id {prefix:?}: a tool's ID must not contain \"monitor\" or \"dns\" (Go nodes would count it as one)"
+        );
+    }
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let id = NodeId::new(format!("{prefix}-{suffix}")).map_err(|e| anyhow!("--node-id: {e}"))?;
     let mut opts = NodeOptions::new(id, bus.nats_url.clone());
     opts.connect.user = bus.nats_user.clone();
     opts.connect.password = bus.nats_pass.clone();
     let node = Node::connect(opts).await?;
-    // The collator role is the one that asks; it announces itself and leaves cleanly after.
-    node.enable(Role::Collator, RoleServices::default()).await?;
+    // Its own ID, no role: the cluster answers its join (so it learns every node at once)
+    // but counts it as nothing, and its leave at exit concerns only itself.
+    if let Err(e) = node.enable_observer().await {
+        node.shutdown(Duration::from_secs(1)).await;
+        return Err(e.into());
+    }
     if !node.wait_for_active(target, 1, timeout).await {
         node.shutdown(Duration::from_secs(1)).await;
         bail!(

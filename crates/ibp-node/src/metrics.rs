@@ -53,6 +53,15 @@ pub struct Metrics {
     pub reply_parts_sent: Counter,
     /// Replies too large for a Go requester, answered with an error instead.
     pub replies_too_large: Counter,
+    /// Storage writes or reads that failed, by operation (each retry counts).
+    pub storage_errors: Family<Labels, Counter>,
+    /// Writes the database refused for good and that were set aside, by kind.
+    pub dead_letters: Family<Labels, Counter>,
+    /// Items waiting to be written, by writer.
+    pub write_queue: Family<Labels, Gauge>,
+    /// Things a node ignored or held on purpose, by reason (stray replies, held finalizes,
+    /// unknown checks, …).
+    pub ignored: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +101,10 @@ impl Metrics {
             last_core: Mutex::new(Counters::default()),
             reply_parts_sent: Counter::default(),
             replies_too_large: Counter::default(),
+            storage_errors: Family::default(),
+            dead_letters: Family::default(),
+            write_queue: Family::default(),
+            ignored: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -173,6 +186,26 @@ impl Metrics {
                 "replies_too_large",
                 "Replies too large for a requester without parts support",
                 m.replies_too_large.clone(),
+            );
+            r.register(
+                "storage_errors",
+                "Failed storage operations (each retry counts), by operation",
+                m.storage_errors.clone(),
+            );
+            r.register(
+                "dead_letters",
+                "Writes the database refused for good, set aside, by kind",
+                m.dead_letters.clone(),
+            );
+            r.register(
+                "write_queue_depth",
+                "Items waiting to be written, by writer",
+                m.write_queue.clone(),
+            );
+            r.register(
+                "ignored",
+                "Messages or data ignored or held on purpose, by reason",
+                m.ignored.clone(),
             );
         }
         m
@@ -293,6 +326,41 @@ impl Metrics {
             }
         }
         *last = now;
+    }
+
+    /// Counts a failed storage operation.
+    pub fn storage_error(&self, op: &str) {
+        self.storage_errors
+            .get_or_create(&vec![("op", op.to_string())])
+            .inc();
+    }
+
+    /// Counts a write set aside.
+    pub fn dead_lettered(&self, kind: &str) {
+        self.dead_letters
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// Sets a writer's queue depth.
+    pub fn set_write_queue(&self, writer: &str, n: usize) {
+        self.write_queue
+            .get_or_create(&vec![("writer", writer.to_string())])
+            .set(n as i64);
+    }
+
+    /// Counts something ignored or held on purpose.
+    pub fn ignore(&self, reason: &str) {
+        self.ignored
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// The current value of an ignore counter (tests, `/v1/status`).
+    pub fn ignored_count(&self, reason: &str) -> u64 {
+        self.ignored
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .get()
     }
 
     /// Sets the active-node gauges.

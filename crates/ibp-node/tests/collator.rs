@@ -9,7 +9,7 @@ use ibp_core::{CheckKey, Observation};
 use ibp_node::app::App;
 use ibp_node::cluster::{Node, NodeOptions, RoleServices};
 use ibp_node::config::{FileConfig, NodeConfig, Overrides};
-use ibp_node::roles::{CollatorService, DnsService};
+use ibp_node::roles::{CollatorService, DnsService, HitLimits, StorageHealth};
 use ibp_storage::{Store, UsageRow};
 use ibp_testkit::{NatsServer, ServerOptions, TestDatabase};
 use ibp_wire::{CheckType, NodeId, Role};
@@ -260,7 +260,10 @@ async fn dns(url: &str, id: &str, days: &[(NaiveDate, i64)]) -> (Node, tempfile:
     let store = Store::open(&format!("sqlite://{}", dir.path().join("dns.db").display()))
         .await
         .expect("store");
-    let (svc, services) = DnsService::open(store, id).await.expect("dns");
+    let (svc, services) =
+        DnsService::open(StorageHealth::standalone(store), id, HitLimits::default())
+            .await
+            .expect("dns");
     let rows: Vec<UsageRow> = days
         .iter()
         .flat_map(|(d, hits)| {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::{NaiveDate, TimeZone, Utc};
 use ibp_node::cluster::{Node, NodeOptions, RoleServices};
 use ibp_node::collectors::{self, FanoutError};
-use ibp_node::roles::{DnsService, MonitorService};
+use ibp_node::roles::{DnsService, HitLimits, MonitorService, StorageHealth};
 use ibp_storage::{EventKey, EventWrite, Store, UsageRow};
 use ibp_testkit::{NatsServer, ServerOptions};
 use ibp_wire::{
@@ -50,7 +50,10 @@ async fn dns_node(url: &str, id: &str, seed: Vec<UsageRow>) -> Dns {
     let store = Store::open(&format!("sqlite://{}", dir.path().join("dns.db").display()))
         .await
         .expect("store");
-    let (svc, services) = DnsService::open(store, id).await.expect("dns service");
+    let (svc, services) =
+        DnsService::open(StorageHealth::standalone(store), id, HitLimits::default())
+            .await
+            .expect("dns service");
     svc.store().increment_usage(&seed).await.expect("seed");
     let node = Node::connect(opts(id, url)).await.expect("connect");
     node.enable(Role::Dns, services).await.expect("enable");
@@ -306,7 +309,9 @@ async fn monitors_answer_downtime_with_outages_that_overlap_the_window() {
         let store = Store::open(&format!("sqlite://{}", dir.path().join("m.db").display()))
             .await
             .expect("store");
-        let (svc, services, _rx) = MonitorService::open(store).await.expect("monitor service");
+        let (svc, services, _rx) = MonitorService::open(StorageHealth::standalone(store))
+            .await
+            .expect("monitor service");
         let key = EventKey {
             check_type: CheckType::Site,
             check_name: "ping".into(),
@@ -408,7 +413,13 @@ async fn a_dns_node_on_mariadb_answers_and_a_broken_store_is_answered_as_an_erro
     let server = NatsServer::start().expect("server");
     let db = ibp_testkit::TestDatabase::create().await.expect("MariaDB");
     let store = Store::open(&db.url).await.expect("store");
-    let (svc, services) = DnsService::open(store, "dns-maria").await.expect("dns");
+    let (svc, services) = DnsService::open(
+        StorageHealth::standalone(store),
+        "dns-maria",
+        HitLimits::default(),
+    )
+    .await
+    .expect("dns");
     svc.store()
         .increment_usage(&rows("dns-maria", 40, 3))
         .await

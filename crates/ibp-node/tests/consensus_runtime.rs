@@ -229,6 +229,8 @@ async fn enabling_twice_is_an_error_and_roles_subscribe_exactly_their_subjects()
                 .await
                 .is_err()
         );
+        // A server round trip, so its monitoring endpoint shows every subscription.
+        node.connection().barrier().await.expect("barrier");
         let connz = server.monitor("/connz?subs=1").expect("connz");
         let name = format!("ibp-node probe-{}", role.short_name());
         let conn = connz["connections"]
@@ -275,7 +277,7 @@ async fn a_rust_monitor_understands_the_captured_go_messages() {
     let mut rx = node.decisions();
     let raw = async_nats::connect(server.url()).await.expect("raw client");
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/vectors/go-v0.7-agree");
+        .join("../../fixtures/vectors/go-v0.7-agree");
     let text = std::fs::read_to_string(dir.join("all_messages.jsonl")).expect("vectors");
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");

@@ -1,119 +1,15 @@
 //! `ibp-node` as an operator runs it: processes started like from a shell, one real
 //! nats-server, the HTTP API, signals, bad input.
 
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use ibp_testkit::NatsServer;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ibp-node");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-struct Proc {
-    child: Child,
-    http: String,
-    id: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ibp-node")
-}
-
-/// Waits until the process answers /healthz (an external process: polling is the only way).
-async fn ready(http: &str, child: &mut Child) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("http://{http}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("ibp-node exited early with {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ibp-node at {http} did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn node(role: &str, id: &str, nats: &str, dir: &std::path::Path) -> Proc {
-    let http = format!("127.0.0.1:{}", free_port());
-    let db = format!("sqlite://{}", dir.join(format!("{id}.db")).display());
-    let mut child = spawn(&[
-        "run",
-        "--role",
-        role,
-        "--node-id",
-        id,
-        "--nats-url",
-        nats,
-        "--http",
-        &http,
-        "--db",
-        &db,
-    ]);
-    ready(&http, &mut child).await;
-    Proc {
-        child,
-        http,
-        id: id.to_string(),
-    }
-}
-
-async fn get(http: &str, path: &str) -> (u16, Value) {
-    let r = reqwest::get(format!("http://{http}{path}"))
-        .await
-        .expect("GET");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn post(http: &str, path: &str, body: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("http://{http}{path}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Waits for a condition on a node's HTTP view (no event crosses the process boundary).
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::{free_port, get, node, post, until};
 
 fn observation(member: &str, status: bool) -> Value {
     json!({"checkType":"endpoint","checkName":"wss","memberName":member,"domainName":"rpc.dotters.network",
@@ -198,7 +94,7 @@ async fn five_monitor_processes_reach_consensus_through_the_http_api() {
     // The one-shot downtime collector asks every monitor.
     let from = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
     let to = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
-    let out = Command::new(BIN)
+    let out = common::cmd()
         .args([
             "downtime",
             "--nats-url",
@@ -357,7 +253,7 @@ async fn bad_requests_get_400_naming_the_field_and_record_nothing() {
 }
 
 fn run_fail(args: &[&str]) -> Output {
-    let out = Command::new(BIN)
+    let out = common::cmd()
         .args(args)
         .env("RUST_LOG", "off")
         .output()
@@ -434,14 +330,14 @@ fn every_command_has_help_and_version_works() {
         vec!["demo", "--help"],
         vec!["check-config", "--help"],
     ] {
-        let out = Command::new(BIN).args(&cmd).output().expect("runs");
+        let out = common::cmd().args(&cmd).output().expect("runs");
         assert!(out.status.success(), "{cmd:?}");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("Usage:"),
             "{cmd:?}"
         );
     }
-    let out = Command::new(BIN).arg("--version").output().expect("runs");
+    let out = common::cmd().arg("--version").output().expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ibp-node "));
 }
 
@@ -454,7 +350,7 @@ fn check_config_accepts_the_go_fixtures() {
         ("dns.json", "dns"),
         ("collator.json", "collator"),
     ] {
-        let out = Command::new(BIN)
+        let out = common::cmd()
             .args([
                 "check-config",
                 "--config",
@@ -479,7 +375,7 @@ fn check_config_accepts_the_go_fixtures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_its_script_and_exits_zero() {
-    let out = Command::new(BIN)
+    let out = common::cmd()
         .arg("demo")
         .env("RUST_LOG", "warn")
         .output()
@@ -572,7 +468,7 @@ async fn dns_hits_over_http_are_flushed_on_shutdown_and_collected() {
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["hitsByNode"]["dns-1"], 42, "{report}");
     // The one-shot usage collector sees the same.
-    let out = Command::new(BIN)
+    let out = common::cmd()
         .args([
             "usage",
             "--nats-url",

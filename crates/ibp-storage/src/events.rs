@@ -14,13 +14,15 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    Arg, Backend, Cell, Col, Store, StoreError, StoreErrorKind, fit, fmt_datetime, parse_datetime,
+    Arg, Backend, Cell, Col, Store, StoreError, StoreErrorKind, Tx, fit, fmt_datetime,
+    parse_datetime,
 };
 use chrono::{DateTime, Utc};
 use ibp_wire::{CheckType, Data, DowntimeEvent, WireTime};
 
 /// Which check an event is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EventKey {
     /// Check type.
     pub check_type: CheckType,
@@ -37,6 +39,24 @@ pub struct EventKey {
 }
 
 impl EventKey {
+    /// A stable hash of the check (SHA-256 hex), the key of this project's outage markers.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            self.check_type.as_str(),
+            &self.check_name,
+            &self.member_name,
+            &self.domain_name,
+            &self.endpoint_column(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        h.update([u8::from(self.is_ipv6)]);
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The `endpoint` column as the Go collator writes it: the URL for endpoint checks, the
     /// domain for domain checks, empty for site checks.
     fn endpoint_column(&self) -> String {
@@ -49,7 +69,8 @@ impl EventKey {
 }
 
 /// A decision to record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EventWrite {
     /// The check.
     pub key: EventKey,
@@ -80,6 +101,38 @@ pub enum OutageChange {
     NothingOpen,
     /// This decision was recorded before (a duplicate finalize or a redelivery).
     Duplicate,
+    /// An offline decision recorded after the online one that ended its outage: the
+    /// outage was written whole, already closed.
+    Backfilled(i64),
+    /// An offline decision older than the check's latest recorded close: nothing to open.
+    Stale,
+}
+
+/// Why recording inside a transaction stopped.
+pub(crate) enum Recording {
+    /// Another writer opened the outage meanwhile: roll back and record again.
+    Conflict,
+    /// A storage error.
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Recording {
+    fn from(e: StoreError) -> Recording {
+        Recording::Failed(e)
+    }
+}
+
+/// Refuses a value too long for its key column: truncating it could merge two checks.
+pub(crate) fn check_width(what: &str, value: &str, max: usize) -> Result<(), String> {
+    let n = value.chars().count();
+    if n > max {
+        Err(format!(
+            "{what} of {n} characters does not fit its {max}-character column: {:?}",
+            value.chars().take(80).collect::<String>()
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// An outage row as stored.
@@ -167,121 +220,353 @@ impl Store {
         }
     }
 
-    /// Records a passed decision (see the module docs). One transaction.
+    /// Records a passed decision (see the module docs) in its own transaction. Two writers
+    /// on one database (two collators) never open the same outage twice: the second one's
+    /// marker insert conflicts, and it records again against what the first committed.
     pub async fn record_decision(&self, w: &EventWrite) -> Result<OutageChange, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let mut tx = self.begin().await.map_err(self.q("begin"))?;
+            match self.record_in(&mut tx, w).await {
+                Ok(change) => {
+                    tx.commit().await.map_err(self.q("commit"))?;
+                    return Ok(change);
+                }
+                Err(Recording::Conflict) if attempt < 5 => {
+                    drop(tx);
+                    attempt += 1;
+                }
+                Err(Recording::Conflict) => {
+                    return Err(self.err(
+                        StoreErrorKind::Query,
+                        "open outage",
+                        "another writer keeps opening this check's outage; retrying later",
+                    ));
+                }
+                Err(Recording::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Records `w` inside `tx` (the monitor writes its official result in the same one).
+    pub(crate) async fn record_in(
+        &self,
+        tx: &mut Tx,
+        w: &EventWrite,
+    ) -> Result<OutageChange, Recording> {
+        let k = &w.key;
+        let fail = |what: &str, e: sqlx::Error| Recording::Failed(self.q(what)(e));
+        check_width("proposal ID", &w.proposal_id, 64).map_err(|m| self.rejected(m))?;
+        check_width("check name", &k.check_name, 64).map_err(|m| self.rejected(m))?;
+        check_width("member name", &k.member_name, 128).map_err(|m| self.rejected(m))?;
+        check_width("domain name", &k.domain_name, 128).map_err(|m| self.rejected(m))?;
+        let ep = k.endpoint_column();
+        check_width("endpoint", &ep, 256).map_err(|m| self.rejected(m))?;
+        let hash = k.hash();
+        let at = fmt_datetime(w.at);
         let ignore = self.sql("INSERT IGNORE INTO", "INSERT OR IGNORE INTO");
         let claim = format!(
-            "{ignore} ibp_processed_decisions (proposal_id, passed, processed_at) VALUES (?, 1, ?)"
+            "{ignore} ibp_processed_decisions (proposal_id, passed, processed_at, check_hash, status, decided_at) VALUES (?, 1, ?, ?, ?, ?)"
         );
-        let k = &w.key;
-        let ep = fit(&k.endpoint_column(), 256);
+        let claimed = tx
+            .run(
+                &claim,
+                &[
+                    Arg::Text(w.proposal_id.clone()),
+                    Arg::Text(fmt_datetime(Utc::now())),
+                    Arg::Text(hash.clone()),
+                    Arg::from(w.status),
+                    Arg::Text(at.clone()),
+                ],
+            )
+            .await
+            .map_err(|e| fail("claim decision", e))?;
+        if claimed.rows == 0 {
+            return Ok(OutageChange::Duplicate);
+        }
         let ep_clause = if k.check_type == CheckType::Endpoint {
             "COALESCE(endpoint, '') = ?"
         } else {
             // Go monitors leave the endpoint NULL for site and domain rows.
             "(COALESCE(endpoint, '') = ? OR endpoint IS NULL)"
         };
-        let find = format!(
-            "SELECT CAST(id AS {int}), CAST(vote_data AS {text}) FROM member_events WHERE check_type IN (?, ?) AND check_name = ? AND member_name = ? \
-             AND COALESCE(domain_name, '') = ? AND {ep_clause} AND COALESCE(is_ipv6, 0) = ? AND end_time IS NULL \
-             AND COALESCE(status, 0) = 0 ORDER BY start_time DESC, id DESC",
-            int = self.sql("SIGNED", "INTEGER"),
-            text = self.sql("CHAR", "TEXT"),
+        let int = self.sql("SIGNED", "INTEGER");
+        let text = self.sql("CHAR", "TEXT");
+        let start = self.sql(
+            "DATE_FORMAT(start_time, '%Y-%m-%d %H:%i:%s.%f')",
+            "start_time",
         );
+        let same_check = format!(
+            "check_type IN (?, ?) AND check_name = ? AND member_name = ? AND COALESCE(domain_name, '') = ? \
+             AND {ep_clause} AND COALESCE(is_ipv6, 0) = ?"
+        );
+        let check_args = vec![
+            Arg::from(k.check_type.as_str()),
+            Arg::from(k.check_type.numeric()),
+            Arg::Text(k.check_name.clone()),
+            Arg::Text(k.member_name.clone()),
+            Arg::Text(k.domain_name.clone()),
+            Arg::Text(ep.clone()),
+            Arg::from(k.is_ipv6),
+        ];
+        // Older data can hold several open rows for one check (a numeric and a string check
+        // type, repeated Go monitor rows): the newest takes new votes, a close closes all
+        // that began before it.
+        let find = format!(
+            "SELECT CAST(id AS {int}), CAST(vote_data AS {text}), {start} FROM member_events WHERE {same_check} \
+             AND end_time IS NULL AND COALESCE(status, 0) = 0 ORDER BY start_time DESC, id DESC"
+        );
+        let open: Vec<(i64, Option<String>, Option<DateTime<Utc>>)> = tx
+            .fetch(&find, &check_args, &[Col::Int, Col::OptText, Col::OptText])
+            .await
+            .map_err(|e| fail("find open outage", e))?
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].int(),
+                    r[1].opt_text(),
+                    r[2].opt_text().as_deref().and_then(parse_datetime),
+                )
+            })
+            .collect();
+        let mark_used = |event_id: i64, proposal: String| {
+            (
+                "UPDATE ibp_processed_decisions SET event_id = ? WHERE proposal_id = ? AND passed = 1",
+                vec![Arg::Int(event_id), Arg::Text(proposal)],
+            )
+        };
+        if w.status {
+            let closable: Vec<i64> = open
+                .iter()
+                .filter(|(_, _, s)| s.is_none_or(|s| s <= w.at))
+                .map(|(id, _, _)| *id)
+                .collect();
+            let Some(first) = closable.first().copied() else {
+                // Nothing open, or only outages that began after this decision: it is
+                // kept (event_id NULL) for an older offline decision still to come.
+                return Ok(OutageChange::NothingOpen);
+            };
+            for id in &closable {
+                tx.run(
+                    "UPDATE member_events SET end_time = ? WHERE id = ?",
+                    &[Arg::Text(at.clone()), Arg::Int(*id)],
+                )
+                .await
+                .map_err(|e| fail("close outage", e))?;
+            }
+            tx.run(
+                "DELETE FROM ibp_open_outages WHERE check_hash = ?",
+                &[Arg::Text(hash.clone())],
+            )
+            .await
+            .map_err(|e| fail("clear outage marker", e))?;
+            let (sql, args) = mark_used(first, w.proposal_id.clone());
+            tx.run(sql, &args)
+                .await
+                .map_err(|e| fail("mark decision", e))?;
+            return Ok(OutageChange::Closed(first));
+        }
+        // An online decision that came after this offline one but was recorded before it
+        // (redelivery, reordering) and closed nothing: the outage ran from here to there.
+        let orphan: Option<(String, DateTime<Utc>)> = tx
+            .fetch(
+                &format!(
+                    "SELECT proposal_id, CAST(decided_at AS {text}) FROM ibp_processed_decisions WHERE check_hash = ? AND status = 1 \
+                     AND event_id IS NULL AND decided_at >= ? ORDER BY decided_at LIMIT 1"
+                ),
+                &[Arg::Text(hash.clone()), Arg::Text(at.clone())],
+                &[Col::Text, Col::Text],
+            )
+            .await
+            .map_err(|e| fail("find later close", e))?
+            .first()
+            .and_then(|r| Some((r[0].text(), parse_datetime(&r[1].text())?)));
+        let newest_open = open.first().cloned();
+        if let Some((close_id, close_at)) = orphan
+            && newest_open
+                .as_ref()
+                .is_none_or(|(_, _, s)| s.is_some_and(|s| s >= close_at))
+        {
+            let id = self
+                .insert_event(tx, w, &ep, Some(fmt_datetime(close_at)))
+                .await?;
+            let (sql, args) = mark_used(id, close_id);
+            tx.run(sql, &args)
+                .await
+                .map_err(|e| fail("mark decision", e))?;
+            return Ok(OutageChange::Backfilled(id));
+        }
+        if let Some((id, old_votes, _)) = newest_open {
+            if let Some(new) = &w.votes {
+                let mut merged: BTreeMap<String, bool> = old_votes
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or_default();
+                merged.extend(new.iter().map(|(k, v)| (k.clone(), *v)));
+                let json = serde_json::to_string(&merged).unwrap_or_else(|_| "null".into());
+                tx.run(
+                    "UPDATE member_events SET vote_data = ? WHERE id = ?",
+                    &[Arg::Text(json), Arg::Int(id)],
+                )
+                .await
+                .map_err(|e| fail("merge votes", e))?;
+            }
+            return Ok(OutageChange::AlreadyOpen(id));
+        }
+        // Nothing open. An offline decision older than the check's latest recorded close
+        // belongs to an outage that is already over: it opens nothing.
+        let latest_close = tx
+            .fetch(
+                &format!(
+                    "SELECT CAST(MAX(decided_at) AS {text}) FROM ibp_processed_decisions WHERE check_hash = ? AND status = 1"
+                ),
+                &[Arg::Text(hash.clone())],
+                &[Col::OptText],
+            )
+            .await
+            .map_err(|e| fail("find latest close", e))?
+            .first()
+            .and_then(|r| r[0].opt_text())
+            .and_then(|t| parse_datetime(&t));
+        if latest_close.is_some_and(|c| c > w.at) {
+            return Ok(OutageChange::Stale);
+        }
+        let marked = tx
+            .run(
+                &format!("{ignore} ibp_open_outages (check_hash, event_id) VALUES (?, 0)"),
+                &[Arg::Text(hash.clone())],
+            )
+            .await
+            .map_err(|e| fail("mark outage", e))?;
+        if marked.rows == 0 {
+            // Another writer opened it (and committed) after this transaction looked, or a
+            // stale marker remains from rows someone else closed: look again from scratch.
+            let stale = tx
+                .fetch(
+                    &format!(
+                        "SELECT CAST(COUNT(*) AS {int}) FROM ibp_open_outages o JOIN member_events e ON e.id = o.event_id \
+                         WHERE o.check_hash = ? AND e.end_time IS NULL{lock}",
+                        // A locking read sees what the other writer committed, not this
+                        // transaction's older snapshot.
+                        lock = self.sql(" FOR UPDATE", "")
+                    ),
+                    &[Arg::Text(hash.clone())],
+                    &[Col::Int],
+                )
+                .await
+                .map_err(|e| fail("check outage marker", e))?
+                .first()
+                .is_some_and(|r| r[0].int() == 0);
+            if !stale {
+                return Err(Recording::Conflict);
+            }
+        }
+        let id = self.insert_event(tx, w, &ep, None).await?;
+        tx.run(
+            &format!(
+                "{} ibp_open_outages (check_hash, event_id) VALUES (?, ?){}",
+                self.sql("INSERT INTO", "INSERT OR REPLACE INTO"),
+                self.sql(" ON DUPLICATE KEY UPDATE event_id = VALUES(event_id)", "")
+            ),
+            &[Arg::Text(hash), Arg::Int(id)],
+        )
+        .await
+        .map_err(|e| fail("mark outage", e))?;
+        Ok(OutageChange::Opened(id))
+    }
+
+    /// Inserts an outage row (closed at `end` when given). A row of the same check that
+    /// started in the same second (a schema without sub-second times) is re-opened instead.
+    async fn insert_event(
+        &self,
+        tx: &mut Tx,
+        w: &EventWrite,
+        ep: &str,
+        end: Option<String>,
+    ) -> Result<i64, Recording> {
+        let k = &w.key;
         let at = fmt_datetime(w.at);
         let votes_json = match &w.votes {
             Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "null".into()),
             None => "null".to_string(),
         };
+        let error = (!w.error.is_empty()).then(|| fit(&w.error, 8192));
         let data_json = w.data.to_value().to_string();
-        let mut tx = self.begin().await.map_err(self.q("begin"))?;
-        let claimed = tx
-            .run(
-                &claim,
-                &[Arg::Text(fit(&w.proposal_id, 64)), Arg::Text(at.clone())],
-            )
-            .await
-            .map_err(self.q("claim decision"))?;
-        if claimed.rows == 0 {
-            drop(tx);
-            return Ok(OutageChange::Duplicate);
-        }
-        let find_args = [
+        let args = [
             Arg::from(k.check_type.as_str()),
-            Arg::from(k.check_type.numeric()),
-            Arg::Text(fit(&k.check_name, 64)),
-            Arg::Text(fit(&k.member_name, 128)),
-            Arg::Text(fit(&k.domain_name, 128)),
-            Arg::Text(ep.clone()),
+            Arg::Text(k.check_name.clone()),
+            Arg::Text(ep.to_string()),
+            Arg::Text(k.member_name.clone()),
+            Arg::Text(k.domain_name.clone()),
             Arg::from(k.is_ipv6),
+            Arg::Text(at.clone()),
+            Arg::OptText(end.clone()),
+            // TEXT holds 64 KB; error texts come from the network.
+            Arg::OptText(error.clone()),
+            Arg::Text(votes_json.clone()),
+            Arg::Text(data_json.clone()),
         ];
-        // Older data can hold several open rows for one check (a numeric and a string check
-        // type, repeated Go monitor rows): the newest takes new votes, a close closes all.
-        let all_open: Vec<(i64, Option<String>)> = tx
-            .fetch(&find, &find_args, &[Col::Int, Col::OptText])
+        // MySQL re-checks the unique key inside the INSERT; a savepoint keeps the
+        // transaction usable when it conflicts.
+        tx.run("SAVEPOINT ibp_insert_event", &[])
             .await
-            .map_err(self.q("find open outage"))?
-            .into_iter()
-            .map(|r| (r[0].int(), r[1].opt_text()))
-            .collect();
-        let open = all_open.first().cloned();
-        let change = match (w.status, open) {
-            (false, Some((id, old_votes))) => {
-                if let Some(new) = &w.votes {
-                    let mut merged: BTreeMap<String, bool> = old_votes
-                        .as_deref()
-                        .and_then(|s| serde_json::from_str(s).ok())
-                        .unwrap_or_default();
-                    merged.extend(new.iter().map(|(k, v)| (k.clone(), *v)));
-                    let json = serde_json::to_string(&merged).unwrap_or_else(|_| "null".into());
-                    tx.run(
-                        "UPDATE member_events SET vote_data = ? WHERE id = ?",
-                        &[Arg::Text(json), Arg::Int(id)],
+            .map_err(|e| Recording::Failed(self.q("savepoint")(e)))?;
+        let r = tx
+            .run(
+                "INSERT INTO member_events (check_type, check_name, endpoint, member_name, domain_name, status, is_ipv6, start_time, end_time, error, vote_data, additional_data) \
+                 VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                &args,
+            )
+            .await;
+        match r {
+            Ok(done) => Ok(done.last_id),
+            Err(e) if matches!(&e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation) =>
+            {
+                tx.run("ROLLBACK TO SAVEPOINT ibp_insert_event", &[])
+                    .await
+                    .map_err(|e| Recording::Failed(self.q("rollback to savepoint")(e)))?;
+                let int = self.sql("SIGNED", "INTEGER");
+                let found = tx
+                    .fetch(
+                        &format!(
+                            "SELECT CAST(id AS {int}) FROM member_events WHERE check_type = ? AND check_name = ? AND member_name = ? \
+                             AND COALESCE(domain_name, '') = ? AND COALESCE(is_ipv6, 0) = ? AND start_time = ? ORDER BY id DESC LIMIT 1"
+                        ),
+                        &[
+                            Arg::from(k.check_type.as_str()),
+                            Arg::Text(k.check_name.clone()),
+                            Arg::Text(k.member_name.clone()),
+                            Arg::Text(k.domain_name.clone()),
+                            Arg::from(k.is_ipv6),
+                            Arg::Text(at),
+                        ],
+                        &[Col::Int],
                     )
                     .await
-                    .map_err(self.q("merge votes"))?;
-                }
-                OutageChange::AlreadyOpen(id)
+                    .map_err(|e| Recording::Failed(self.q("find same-second outage")(e)))?;
+                let Some(id) = found.first().map(|r| r[0].int()) else {
+                    return Err(Recording::Failed(self.q("open outage")(e)));
+                };
+                tx.run(
+                    "UPDATE member_events SET end_time = ?, status = 0, error = ?, vote_data = ?, additional_data = ? WHERE id = ?",
+                    &[
+                        Arg::OptText(end),
+                        Arg::OptText(error),
+                        Arg::Text(votes_json),
+                        Arg::Text(data_json),
+                        Arg::Int(id),
+                    ],
+                )
+                .await
+                .map_err(|e| Recording::Failed(self.q("reopen outage")(e)))?;
+                Ok(id)
             }
-            (false, None) => {
-                let args = [
-                    Arg::from(k.check_type.as_str()),
-                    Arg::Text(fit(&k.check_name, 64)),
-                    Arg::Text(ep.clone()),
-                    Arg::Text(fit(&k.member_name, 128)),
-                    Arg::Text(fit(&k.domain_name, 128)),
-                    Arg::from(k.is_ipv6),
-                    Arg::Text(at.clone()),
-                    // TEXT holds 64 KB; error texts come from the network.
-                    Arg::OptText((!w.error.is_empty()).then(|| fit(&w.error, 8192))),
-                    Arg::Text(votes_json),
-                    Arg::Text(data_json),
-                ];
-                let r = tx
-                    .run(
-                        "INSERT INTO member_events (check_type, check_name, endpoint, member_name, domain_name, status, is_ipv6, start_time, end_time, error, vote_data, additional_data) \
-                         VALUES (?, ?, ?, ?, ?, 0, ?, ?, NULL, ?, ?, ?)",
-                        &args,
-                    )
-                    .await
-                    .map_err(self.q("open outage"))?;
-                OutageChange::Opened(r.last_id)
-            }
-            (true, Some((id, _))) => {
-                for (other, _) in &all_open {
-                    tx.run(
-                        "UPDATE member_events SET end_time = ? WHERE id = ?",
-                        &[Arg::Text(at.clone()), Arg::Int(*other)],
-                    )
-                    .await
-                    .map_err(self.q("close outage"))?;
-                }
-                OutageChange::Closed(id)
-            }
-            (true, None) => OutageChange::NothingOpen,
-        };
-        tx.commit().await.map_err(self.q("commit"))?;
-        Ok(change)
+            Err(e) => Err(Recording::Failed(self.q("open outage")(e))),
+        }
+    }
+
+    fn rejected(&self, message: String) -> Recording {
+        Recording::Failed(self.err(StoreErrorKind::Rejected, "record decision", message))
     }
 
     /// Outages overlapping `[from, to]` (start ≤ to and not ended before from), for one
@@ -305,6 +590,38 @@ impl Store {
         if let Some(m) = member {
             args.push(m.into());
         }
+        self.read_events(&sql, &args).await
+    }
+
+    /// One page of [`Store::events_overlapping`], in (start time, ID) order: at most `limit`
+    /// outages after the cursor `after` (the last one of the previous page). Large answers
+    /// are built page by page instead of holding every row at once.
+    pub async fn events_overlapping_page(
+        &self,
+        member: Option<&str>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, i64)>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut sql = format!(
+            "SELECT {} FROM member_events WHERE start_time IS NOT NULL AND start_time <= ? AND (end_time IS NULL OR end_time >= ?) \
+             AND (COALESCE(status, 0) = 0 OR end_time IS NOT NULL)",
+            self.event_select()
+        );
+        let mut args = vec![Arg::Text(fmt_datetime(to)), Arg::Text(fmt_datetime(from))];
+        if let Some(m) = member {
+            sql.push_str(" AND member_name = ?");
+            args.push(m.into());
+        }
+        if let Some((t, id)) = after {
+            sql.push_str(" AND (start_time > ? OR (start_time = ? AND id > ?))");
+            args.push(Arg::Text(fmt_datetime(t)));
+            args.push(Arg::Text(fmt_datetime(t)));
+            args.push(Arg::Int(id));
+        }
+        sql.push_str(" ORDER BY start_time, id LIMIT ?");
+        args.push(Arg::Int(i64::from(limit)));
         self.read_events(&sql, &args).await
     }
 

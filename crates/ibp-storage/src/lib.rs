@@ -12,6 +12,7 @@
 //! Datetimes are stored in UTC. Text key columns are written as `''`, never NULL (D7), and
 //! truncated to their column widths (D11).
 
+mod dead_letters;
 mod events;
 mod migrate;
 mod results;
@@ -26,9 +27,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use dead_letters::DeadLetter;
 pub use events::{EventKey, EventWrite, OutageChange, StoredEvent};
 pub use migrate::{MigrationReport, Part};
-pub use results::{ResultKind, StoredResult};
+pub use results::{OfficialWrite, ResultKind, StoredResult};
 pub use usage::{UsageFilter, UsageRow};
 
 /// Which database a store talks to.
@@ -63,12 +65,25 @@ pub enum StoreErrorKind {
     Schema,
     /// Stored data could not be read back.
     Corrupt,
+    /// The database refused this data for good (a constraint, a value too long or out of
+    /// range): retrying the same write can never succeed. Writers set it aside.
+    Rejected,
 }
 
 impl StoreError {
     /// What kind of failure this is.
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
+    }
+
+    /// Whether retrying the same write can never succeed (see [`StoreErrorKind::Rejected`]).
+    pub fn is_permanent(&self) -> bool {
+        self.kind == StoreErrorKind::Rejected
+    }
+
+    /// Whether the database itself was unreachable (as opposed to refusing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == StoreErrorKind::Unavailable
     }
 
     pub(crate) fn new(
@@ -348,7 +363,7 @@ impl Store {
                 backend: Backend::Sqlite,
                 usage_key_ok: Default::default(),
             };
-            boot.migrate(&[Part::Usage, Part::Events, Part::Results])
+            boot.migrate(&[Part::Usage, Part::Events, Part::Results, Part::DeadLetters])
                 .await?;
             boot.close().await;
             let pool = SqlitePoolOptions::new()
@@ -381,6 +396,19 @@ impl Store {
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(10))
                 .max_lifetime(Duration::from_secs(3600))
+                // A locked table (LOCK TABLES, a long ALTER) fails a statement after 10 s
+                // instead of holding it for the server default of a year: the writer then
+                // retries and /healthz says storage is failing.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "SET SESSION lock_wait_timeout = 10, innodb_lock_wait_timeout = 10",
+                        )
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                    })
+                })
                 .connect_with(opts)
                 .await
                 .map_err(|e| {
@@ -476,7 +504,7 @@ impl Store {
 
     pub(crate) fn q(&self, context: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         let context = context.to_string();
-        move |e| self.err(StoreErrorKind::Query, context.clone(), e)
+        move |e| self.err(classify(&e), context.clone(), e)
     }
 
     /// Picks the SQL text for the backend.
@@ -485,6 +513,64 @@ impl Store {
             Backend::Mysql => mysql,
             Backend::Sqlite => sqlite,
         }
+    }
+}
+
+/// Sorts a driver error into what a writer should do with it: `Rejected` when this data
+/// can never be stored, `Unavailable` when the database cannot be reached, `Query` for the
+/// rest (retried; a writer sets the data aside only once the database answers a ping).
+pub(crate) fn classify(e: &sqlx::Error) -> StoreErrorKind {
+    use sqlx::error::ErrorKind as K;
+    match e {
+        sqlx::Error::Database(db) => {
+            if matches!(
+                db.kind(),
+                K::UniqueViolation
+                    | K::ForeignKeyViolation
+                    | K::NotNullViolation
+                    | K::CheckViolation
+            ) {
+                return StoreErrorKind::Rejected;
+            }
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                // Data too long, out of range, incorrect value or datetime, truncated,
+                // CHECK (MariaDB 4025, MySQL 3819), BIGINT out of range, NULL into NOT
+                // NULL, duplicate key, foreign keys.
+                const REJECTED: [u16; 12] = [
+                    1406, 1264, 1366, 1292, 1265, 4025, 3819, 1690, 1048, 1062, 1451, 1452,
+                ];
+                if REJECTED.contains(&my.number()) {
+                    return StoreErrorKind::Rejected;
+                }
+            }
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            // SQLSTATE class 22 (data exception) and 23 (integrity); SQLite's TOOBIG (18),
+            // CONSTRAINT (19, and its extended codes) and MISMATCH (20).
+            if code.starts_with("22") && code.len() == 5
+                || code.starts_with("23") && code.len() == 5
+            {
+                return StoreErrorKind::Rejected;
+            }
+            if let Ok(n) = code.parse::<u32>()
+                && code.len() < 5
+                && matches!(n & 0xff, 18..=20)
+            {
+                return StoreErrorKind::Rejected;
+            }
+            let msg = db.message().to_ascii_lowercase();
+            if msg.contains("data too long") || msg.contains("out of range") {
+                return StoreErrorKind::Rejected;
+            }
+            StoreErrorKind::Query
+        }
+        sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } => StoreErrorKind::Rejected,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreErrorKind::Unavailable,
+        _ => StoreErrorKind::Query,
     }
 }
 
@@ -515,6 +601,19 @@ pub(crate) fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
 /// Truncates to at most `max` characters (column widths; D11).
 pub(crate) fn fit(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
+}
+
+/// Test-only crash points. When the environment variable `IBP_FAILPOINT` names `point`, the
+/// process aborts right there (as a `kill -9` would stop it), so tests can show that what
+/// is written in one transaction survives a crash in the middle of it. Unset in
+/// production; costs one environment lookup, cached.
+pub fn failpoint(point: &str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var("IBP_FAILPOINT").ok());
+    if armed.as_deref() == Some(point) {
+        eprintln!("ibp failpoint {point}: aborting");
+        std::process::abort();
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ pub enum Part {
     Events,
     /// `ibp_results` (monitor).
     Results,
+    /// `ibp_dead_letters`: writes the database refused for good, kept for an operator
+    /// (every role).
+    DeadLetters,
 }
 
 /// What [`Store::migrate`] did.
@@ -31,6 +34,9 @@ struct Migration {
     name: &'static str,
     mysql: &'static [&'static str],
     sqlite: &'static [&'static str],
+    /// A failure (e.g. no ALTER privilege on a Go table) is a warning, not a start-up
+    /// error: the node works without it, less well. It is tried again at the next start.
+    optional: bool,
 }
 
 const USAGE_COLUMNS: [&str; 9] = [
@@ -81,6 +87,7 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE UNIQUE INDEX IF NOT EXISTS uniq_traffic_dedupe ON requests
             (date, node_id, domain_name, member_name, network_asn, network_name, country_code, country_name, is_ipv6)",
         ],
+        optional: false,
     },
     Migration {
         version: 2,
@@ -121,6 +128,7 @@ const MIGRATIONS: &[Migration] = &[
             additional_data TEXT NULL)",
             "CREATE INDEX IF NOT EXISTS idx_member_events_open ON member_events (member_name, end_time)",
         ],
+        optional: false,
     },
     Migration {
         version: 3,
@@ -139,6 +147,7 @@ const MIGRATIONS: &[Migration] = &[
             event_id INTEGER NULL,
             processed_at TEXT NOT NULL,
             PRIMARY KEY (proposal_id, passed))"],
+        optional: false,
     },
     Migration {
         version: 4,
@@ -175,6 +184,7 @@ const MIGRATIONS: &[Migration] = &[
             proposal TEXT NULL,
             updated_at TEXT NOT NULL,
             PRIMARY KEY (kind, key_hash))"],
+        optional: false,
     },
     Migration {
         version: 5,
@@ -185,6 +195,72 @@ const MIGRATIONS: &[Migration] = &[
         mysql: &[],
         sqlite: &["CREATE INDEX IF NOT EXISTS idx_requests_usage ON requests \
             (date, domain_name, member_name, country_code, network_asn, network_name, country_name, is_ipv6)"],
+        optional: false,
+    },
+    Migration {
+        version: 6,
+        part: Part::Usage,
+        name: "widen requests.hits to BIGINT UNSIGNED",
+        // INT UNSIGNED overflows at 2^32-1 hits for one key and day; SQLite's INTEGER is
+        // 64-bit already. Go readers scan the sum into an int64: unaffected.
+        mysql: &["ALTER TABLE requests MODIFY hits BIGINT UNSIGNED NULL DEFAULT NULL"],
+        sqlite: &[],
+        optional: true,
+    },
+    Migration {
+        version: 7,
+        part: Part::Events,
+        name: "sub-second member_events times",
+        // Two outages of one check that open (or close and reopen) within one second must
+        // not collide on the unique key that includes start_time.
+        mysql: &["ALTER TABLE member_events MODIFY start_time DATETIME(6) NULL DEFAULT CURRENT_TIMESTAMP(6), MODIFY end_time DATETIME(6) NULL"],
+        sqlite: &[],
+        optional: true,
+    },
+    Migration {
+        version: 8,
+        part: Part::DeadLetters,
+        name: "create ibp_dead_letters",
+        mysql: &["CREATE TABLE IF NOT EXISTS ibp_dead_letters (
+            id BIGINT NOT NULL AUTO_INCREMENT,
+            kind VARCHAR(64) NOT NULL,
+            payload LONGTEXT NOT NULL,
+            error TEXT NOT NULL,
+            created_at DATETIME(6) NOT NULL,
+            PRIMARY KEY (id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"],
+        sqlite: &["CREATE TABLE IF NOT EXISTS ibp_dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            error TEXT NOT NULL,
+            created_at TEXT NOT NULL)"],
+        optional: false,
+    },
+    Migration {
+        version: 9,
+        part: Part::Events,
+        name: "outage markers and decision times",
+        // ibp_open_outages: one row per check with an outage this project opened, so two
+        // collators on one database cannot both open one (the second's insert conflicts).
+        // ibp_processed_decisions gains the check and the decision time, so a close that
+        // arrives before its open (redelivery, reordering) still closes it.
+        mysql: &[
+            "CREATE TABLE IF NOT EXISTS ibp_open_outages (
+            check_hash CHAR(64) NOT NULL,
+            event_id BIGINT NOT NULL,
+            PRIMARY KEY (check_hash)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci",
+            "ALTER TABLE ibp_processed_decisions ADD COLUMN check_hash CHAR(64) NULL, ADD COLUMN status TINYINT NULL, ADD COLUMN decided_at DATETIME(6) NULL, ADD KEY idx_processed_check (check_hash, status, decided_at)",
+        ],
+        sqlite: &[
+            "CREATE TABLE IF NOT EXISTS ibp_open_outages (check_hash TEXT NOT NULL PRIMARY KEY, event_id INTEGER NOT NULL)",
+            "ALTER TABLE ibp_processed_decisions ADD COLUMN check_hash TEXT NULL",
+            "ALTER TABLE ibp_processed_decisions ADD COLUMN status INTEGER NULL",
+            "ALTER TABLE ibp_processed_decisions ADD COLUMN decided_at TEXT NULL",
+            "CREATE INDEX IF NOT EXISTS idx_processed_check ON ibp_processed_decisions (check_hash, status, decided_at)",
+        ],
+        optional: false,
     },
 ];
 
@@ -200,6 +276,17 @@ impl Store {
         let mut lock = match &self.pool {
             crate::Pool::Mysql(p) => {
                 let mut c = p.acquire().await.map_err(self.q("lock migrations"))?;
+                let db: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(self.q("select database"))?;
+                if db.is_none_or(|d| d.is_empty()) {
+                    return Err(self.err(
+                        StoreErrorKind::InvalidUrl,
+                        "open",
+                        "the URL names no database: use mysql://user:pass@host:port/DATABASE",
+                    ));
+                }
                 let got: Option<i64> = sqlx::query_scalar(
                     "SELECT CAST(GET_LOCK(CONCAT('ibp_migrate.', DATABASE()), 60) AS SIGNED)",
                 )
@@ -256,7 +343,7 @@ impl Store {
             .iter()
             .map(|r| r[0].int())
             .collect();
-        for m in MIGRATIONS
+        'next: for m in MIGRATIONS
             .iter()
             .filter(|m| parts.contains(&m.part) && !applied.contains(&m.version))
         {
@@ -265,7 +352,20 @@ impl Store {
                 Backend::Sqlite => m.sqlite,
             };
             for s in stmts {
-                self.run(s, &[]).await.map_err(self.q(m.name))?;
+                if let Err(e) = self.run(s, &[]).await {
+                    if m.optional {
+                        report.warnings.push(format!(
+                            "migration {} ({}) not applied: {e}; the node runs without it and tries again at the next start",
+                            m.version, m.name
+                        ));
+                        continue 'next;
+                    }
+                    return Err(self.err(
+                        crate::classify(&e),
+                        m.name,
+                        format!("{e} (a migration needs CREATE and ALTER privileges on this database; `ibp-node check-config` lists what is pending)"),
+                    ));
+                }
             }
             let now = crate::fmt_datetime(chrono::Utc::now());
             self.run(

@@ -1,11 +1,12 @@
 //! The `requests` usage table: DNS increments, collator replaces, DNS answers.
 
-use crate::{Arg, Backend, Col, Store, StoreError, StoreErrorKind, fit, fmt_date};
+use crate::events::check_width;
+use crate::{Arg, Backend, Col, Store, StoreError, StoreErrorKind, Tx, fmt_date};
 use chrono::NaiveDate;
 use ibp_wire::UsageRecord;
 
 /// One usage row: hits for a key on a day, counted by one DNS node.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageRow {
     /// UTC day.
@@ -63,17 +64,38 @@ impl UsageRow {
         }
     }
 
-    /// Columns in insert order, truncated to the Go schema's widths (D11).
+    /// Checks every key column fits the Go schema's width. Key columns are never truncated
+    /// (two keys cut to the same prefix would be merged, and one node's hits overwritten by
+    /// another's); a row that does not fit is refused and set aside by its writer.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, v, max) in [
+            ("node_id", &self.node_id, 32),
+            ("domain_name", &self.domain, 128),
+            ("member_name", &self.member_name, 64),
+            ("network_asn", &self.asn, 32),
+            ("network_name", &self.network_name, 96),
+            ("country_code", &self.country_code, 2),
+            ("country_name", &self.country_name, 64),
+        ] {
+            check_width(what, v, max)?;
+        }
+        if self.hits < 0 {
+            return Err(format!("hits {} is negative", self.hits));
+        }
+        Ok(())
+    }
+
+    /// Columns in insert order (validated: see [`UsageRow::validate`]).
     fn columns(&self) -> [String; 8] {
         [
             fmt_date(self.date),
-            fit(&self.node_id, 32),
-            fit(&self.domain, 128),
-            fit(&self.member_name, 64),
-            fit(&self.asn, 32),
-            fit(&self.network_name, 96),
-            fit(&self.country_code, 2),
-            fit(&self.country_name, 64),
+            self.node_id.clone(),
+            self.domain.clone(),
+            self.member_name.clone(),
+            self.asn.clone(),
+            self.network_name.clone(),
+            self.country_code.clone(),
+            self.country_name.clone(),
         ]
     }
 }
@@ -109,6 +131,72 @@ impl Store {
     /// idempotent and nodes never overwrite each other). Refused when the table's unique
     /// key lacks `node_id`/`is_ipv6` (D8).
     pub async fn replace_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
+        self.replace_allowed()?;
+        self.write_usage(rows, self.replace_clause(), "replace usage")
+            .await
+    }
+
+    /// Like [`Store::replace_usage`], and in the same transaction removes the node-less rows
+    /// (`node_id` NULL or `''`, written by a Go collator) of `legacy_days`: once every DNS
+    /// node's own rows for a day are stored, those rows would count the same hits twice.
+    /// Returns how many legacy rows were removed.
+    pub async fn replace_usage_taking_over(
+        &self,
+        rows: &[UsageRow],
+        legacy_days: &[NaiveDate],
+    ) -> Result<u64, StoreError> {
+        self.replace_allowed()?;
+        let mut tx = self.begin().await.map_err(self.q("replace usage"))?;
+        let mut removed = 0;
+        for d in legacy_days {
+            removed += tx
+                .run(
+                    "DELETE FROM requests WHERE date = ? AND (node_id IS NULL OR node_id = '')",
+                    &[Arg::Text(fmt_date(*d))],
+                )
+                .await
+                .map_err(self.q("remove legacy usage rows"))?
+                .rows;
+        }
+        self.write_usage_in(&mut tx, rows, self.replace_clause(), "replace usage")
+            .await?;
+        tx.commit().await.map_err(self.q("replace usage"))?;
+        Ok(removed)
+    }
+
+    /// Hits of node-less (Go collator) rows per day in `[from, to]`.
+    pub async fn legacy_usage_totals(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, i64)>, StoreError> {
+        let (date_expr, int) = match self.backend {
+            Backend::Mysql => ("DATE_FORMAT(date, '%Y-%m-%d')", "SIGNED"),
+            Backend::Sqlite => ("date", "INTEGER"),
+        };
+        let rows = self
+            .fetch(
+                &format!(
+                    "SELECT {date_expr}, CAST(COALESCE(SUM(hits), 0) AS {int}) FROM requests WHERE date >= ? AND date <= ? \
+                     AND (node_id IS NULL OR node_id = '') GROUP BY {date_expr} ORDER BY 1"
+                ),
+                &[Arg::Text(fmt_date(from)), Arg::Text(fmt_date(to))],
+                &[Col::Text, Col::Int],
+            )
+            .await
+            .map_err(self.q("legacy usage totals"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    NaiveDate::parse_from_str(&r[0].text(), "%Y-%m-%d").ok()?,
+                    r[1].int(),
+                ))
+            })
+            .collect())
+    }
+
+    fn replace_allowed(&self) -> Result<(), StoreError> {
         if self.backend == Backend::Mysql && !self.usage_key_ok() {
             return Err(self.err(
                 StoreErrorKind::Schema,
@@ -116,11 +204,14 @@ impl Store {
                 "the requests table's unique key lacks node_id/is_ipv6 (run migrate with Part::Usage): replacing would overwrite other nodes' rows",
             ));
         }
-        let update = self.sql(
+        Ok(())
+    }
+
+    fn replace_clause(&self) -> &'static str {
+        self.sql(
             " ON DUPLICATE KEY UPDATE hits = VALUES(hits)",
             " ON CONFLICT (date, node_id, domain_name, member_name, network_asn, network_name, country_code, country_name, is_ipv6) DO UPDATE SET hits = excluded.hits",
-        );
-        self.write_usage(rows, update, "replace usage").await
+        )
     }
 
     async fn write_usage(
@@ -132,8 +223,33 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let head = "INSERT INTO requests (date, node_id, domain_name, member_name, network_asn, network_name, country_code, country_name, is_ipv6, hits) VALUES ";
         let mut tx = self.begin().await.map_err(self.q(what))?;
+        self.write_usage_in(&mut tx, rows, update, what).await?;
+        tx.commit().await.map_err(self.q(what))
+    }
+
+    async fn write_usage_in(
+        &self,
+        tx: &mut Tx,
+        rows: &[UsageRow],
+        update: &str,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        if let Some((i, e)) = rows
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.validate().err().map(|e| (i, e)))
+        {
+            return Err(self.err(
+                StoreErrorKind::Rejected,
+                what,
+                format!(
+                    "row {i} ({} {} {}): {e}",
+                    rows[i].date, rows[i].node_id, rows[i].domain
+                ),
+            ));
+        }
+        let head = "INSERT INTO requests (date, node_id, domain_name, member_name, network_asn, network_name, country_code, country_name, is_ipv6, hits) VALUES ";
         for chunk in rows.chunks(CHUNK) {
             let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!("{head}{values}{update}");
@@ -141,11 +257,11 @@ impl Store {
             for r in chunk {
                 args.extend(r.columns().into_iter().map(Arg::Text));
                 args.push(Arg::from(r.is_ipv6));
-                args.push(Arg::Int(r.hits.max(0)));
+                args.push(Arg::Int(r.hits));
             }
             tx.run(&sql, &args).await.map_err(self.q(what))?;
         }
-        tx.commit().await.map_err(self.q(what))
+        Ok(())
     }
 
     /// Answers a usage request as the Go DNS node does (storage §1.5): grouped sums over the
@@ -153,6 +269,25 @@ impl Store {
     /// (exact, for the "everything" path) and the country filter (ignoring case). Rows with
     /// a NULL date or domain are skipped and a NULL family counts as IPv4 (D10).
     pub async fn query_usage(&self, f: &UsageFilter) -> Result<Vec<UsageRecord>, StoreError> {
+        self.query_usage_grouped(f, false).await
+    }
+
+    /// Like [`Store::query_usage`], but rows counted under different node IDs stay apart and
+    /// each record carries the ID it was counted under (`nodeid`). A DNS node whose ID
+    /// changed answers its old rows under the old ID, so a collector replacing per node
+    /// never counts them twice.
+    pub async fn query_usage_by_node(
+        &self,
+        f: &UsageFilter,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        self.query_usage_grouped(f, true).await
+    }
+
+    async fn query_usage_grouped(
+        &self,
+        f: &UsageFilter,
+        per_node: bool,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
         let (date_expr, sum_expr) = match self.backend {
             Backend::Mysql => (
                 "DATE_FORMAT(date, '%Y-%m-%d')",
@@ -165,8 +300,13 @@ impl Store {
         let mut sql = format!(
             "SELECT {date_expr} AS c0, domain_name AS c1, COALESCE(member_name, '') AS c2, COALESCE(country_code, '') AS c3, \
              COALESCE(network_asn, '') AS c4, COALESCE(network_name, '') AS c5, COALESCE(country_name, '') AS c6, \
-             CAST(COALESCE(is_ipv6, 0) AS {int}) AS c7, {sum_expr} AS c8 \
+             CAST(COALESCE(is_ipv6, 0) AS {int}) AS c7, {sum_expr} AS c8, {node} AS c9 \
              FROM requests WHERE date IS NOT NULL AND domain_name IS NOT NULL AND date >= ? AND date <= ?",
+            node = if per_node {
+                "COALESCE(node_id, '')"
+            } else {
+                "''"
+            },
             int = if self.backend == Backend::Mysql {
                 "SIGNED"
             } else {
@@ -182,17 +322,27 @@ impl Store {
         sql.push_str(
             // By the select's aliases: MySQL's ONLY_FULL_GROUP_BY does not match the CAST in
             // the select list against a bare COALESCE here.
-            " GROUP BY c0, c1, c2, c3, c4, c5, c6, c7 ORDER BY c0, c1",
+            if per_node {
+                " GROUP BY c0, c1, c2, c3, c4, c5, c6, c7, c9 ORDER BY c0, c1"
+            } else {
+                " GROUP BY c0, c1, c2, c3, c4, c5, c6, c7 ORDER BY c0, c1"
+            },
         );
         if self.backend == Backend::Sqlite {
             // This project's SQLite files never hold NULL keys, so group the raw columns in
             // the order of idx_requests_usage: SQLite then aggregates while scanning the
             // index instead of sorting. NULLs, should any appear, form their own groups and
             // are mapped to '' below.
-            sql = "SELECT date AS c0, domain_name AS c1, member_name AS c2, country_code AS c3, network_asn AS c4, \
-                   network_name AS c5, country_name AS c6, is_ipv6 AS c7, CAST(COALESCE(SUM(hits), 0) AS INTEGER) AS c8 \
-                   FROM requests WHERE date IS NOT NULL AND domain_name IS NOT NULL AND date >= ? AND date <= ?"
-                .to_string();
+            sql = format!(
+                "SELECT date AS c0, domain_name AS c1, member_name AS c2, country_code AS c3, network_asn AS c4, \
+                 network_name AS c5, country_name AS c6, is_ipv6 AS c7, CAST(COALESCE(SUM(hits), 0) AS INTEGER) AS c8, {} AS c9 \
+                 FROM requests WHERE date IS NOT NULL AND domain_name IS NOT NULL AND date >= ? AND date <= ?",
+                if per_node {
+                    "COALESCE(node_id, '')"
+                } else {
+                    "''"
+                }
+            );
             if by_domain {
                 sql.push_str(" AND domain_name = ?");
             }
@@ -200,6 +350,9 @@ impl Store {
                 sql.push_str(" AND member_name = ?");
             }
             sql.push_str(" GROUP BY date, domain_name, member_name, country_code, network_asn, network_name, country_name, is_ipv6");
+            if per_node {
+                sql.push_str(", node_id");
+            }
         }
         let mut args = vec![Arg::Text(fmt_date(f.from)), Arg::Text(fmt_date(f.to))];
         if by_domain {
@@ -212,7 +365,7 @@ impl Store {
             // The SQLite driver pays per row; let SQLite build the records as one JSON
             // array instead (the keys are the wire's, so the strict decoder reads it).
             let json_sql = format!(
-                "SELECT CAST(COALESCE(json_group_array(json_object('nodeid', '', 'date', c0 || 'T00:00:00Z', 'domain', c1, \
+                "SELECT CAST(COALESCE(json_group_array(json_object('nodeid', COALESCE(c9, ''), 'date', c0 || 'T00:00:00Z', 'domain', c1, \
                  'memberName', COALESCE(c2, ''), 'countryCode', COALESCE(c3, ''), 'asn', COALESCE(c4, ''), \
                  'networkName', COALESCE(c5, ''), 'countryName', COALESCE(c6, ''), 'hits', c8, \
                  'isIPv6', json(CASE WHEN c7 = 1 THEN 'true' ELSE 'false' END))), '[]') AS TEXT) \
@@ -239,6 +392,7 @@ impl Store {
                 Col::Text,
                 Col::Int,
                 Col::Int,
+                Col::Text,
             ];
             self.fetch(&sql, &args, &cols)
                 .await
@@ -247,7 +401,7 @@ impl Store {
                 .map(|r| {
                     let day = r[0].text();
                     UsageRecord {
-                        node_id: String::new(),
+                        node_id: r[9].text(),
                         date: NaiveDate::parse_from_str(&day, "%Y-%m-%d")
                             .map(UsageRecord::format_day)
                             .unwrap_or(day),

@@ -14,7 +14,7 @@ mod mysql;
 mod nats;
 mod seed;
 
-pub use mysql::TestDatabase;
+pub use mysql::{Session, TestDatabase};
 pub use nats::{
     Auth, ClientAuth, HarnessError, NatsCluster, NatsServer, ServerOptions, nats_server_bin,
 };

@@ -50,6 +50,20 @@ impl TestDatabase {
         })
     }
 
+    /// Runs one statement in the database, as another program would.
+    pub async fn execute(&self, sql: &str) -> Result<(), String> {
+        let mut s = self.session().await?;
+        s.execute(sql).await
+    }
+
+    /// A session of its own on the database (kept open: `LOCK TABLES` holds while it lives).
+    pub async fn session(&self) -> Result<Session, String> {
+        let conn = sqlx::MySqlConnection::connect(&self.url)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", self.name))?;
+        Ok(Session { conn })
+    }
+
     /// Drops the database now.
     pub async fn drop_now(mut self) {
         self.dropped = true;
@@ -59,6 +73,11 @@ impl TestDatabase {
 
 async fn drop_database(admin: &str, name: &str) {
     if let Ok(mut conn) = sqlx::MySqlConnection::connect(admin).await {
+        // A test that failed mid-transaction leaves its connections holding locks: do not
+        // wait for them forever (the database is then left for a later cleanup).
+        let _ = sqlx::query("SET SESSION lock_wait_timeout = 5")
+            .execute(&mut conn)
+            .await;
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
             .execute(&mut conn)
             .await;
@@ -83,5 +102,22 @@ impl Drop for TestDatabase {
             }
         })
         .join();
+    }
+}
+
+/// One connection to a test database.
+#[derive(Debug)]
+pub struct Session {
+    conn: sqlx::MySqlConnection,
+}
+
+impl Session {
+    /// Runs one statement.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), String> {
+        sqlx::query(sql)
+            .execute(&mut self.conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{sql}: {e}"))
     }
 }

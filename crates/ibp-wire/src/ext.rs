@@ -16,6 +16,11 @@ pub const LEAVE_TYPE: &str = "leave";
 /// Request header: the requester accepts a reply split into parts. Value: `1`.
 pub const HDR_ACCEPT_PARTS: &str = "Ibp-Accept-Parts";
 
+/// Usage request header: keep rows counted under different node IDs apart and name each
+/// record's ID in `nodeid` (a DNS node whose ID changed answers its old rows under the old
+/// ID). Value: `1`. Go requesters never send it and get rows summed, as Go DNS nodes do.
+pub const HDR_USAGE_PER_NODE: &str = "Ibp-Usage-Per-Node";
+
 /// Reply header on each part: `<index>/<count>`, index from 1.
 pub const HDR_PART: &str = "Ibp-Part";
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{captured_messages, reencode_for_subject, shared_dir};
+use common::{captured_messages, fixtures_dir, reencode_for_subject};
 use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote, decode, encode};
 
 #[test]
@@ -39,7 +39,7 @@ fn every_captured_message_round_trips_as_json_value_and_bytes() {
 #[test]
 fn single_vector_files_decode_to_expected_fields() {
     for case in ["go-v0.7-agree", "go-v0.7-dissent"] {
-        let dir = shared_dir().join("vectors").join(case);
+        let dir = fixtures_dir().join("vectors").join(case);
         let read = |f: &str| std::fs::read(dir.join(f)).expect("vector file");
         let join: ClusterMessage = decode(&read("cluster_join.json")).expect("join");
         assert_eq!(join.kind, "join");

@@ -8,12 +8,13 @@ use ibp_wire::{
     UsageRequest, UsageResponse, Vote, WireDecode, decode, encode, subjects,
 };
 
-/// The `shared/` directory next to the repository (override with `IBP_SHARED_DIR`).
-pub fn shared_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("IBP_SHARED_DIR") {
+/// The repository's `fixtures/` directory, which holds the captured Go vectors (override
+/// with `IBP_FIXTURES_DIR`, e.g. to replay a fresh capture).
+pub fn fixtures_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("IBP_FIXTURES_DIR") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 /// One captured message: subject and exact payload.
@@ -22,9 +23,9 @@ pub struct Captured {
     pub raw: String,
 }
 
-/// Every message of every `all_messages.jsonl` under `shared/vectors`.
+/// Every message of every `all_messages.jsonl` under `fixtures/vectors`.
 pub fn captured_messages() -> Vec<(PathBuf, Captured)> {
-    let root = shared_dir().join("vectors");
+    let root = fixtures_dir().join("vectors");
     let mut out = Vec::new();
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", root.display()))

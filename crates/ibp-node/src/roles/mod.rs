@@ -1,0 +1,13 @@
+//! The services behind each role: what a monitor, a DNS node and a collator do besides
+//! speaking the protocol — storage, observations, hit counting, outage records, hourly
+//! usage collection.
+
+mod collator;
+mod dns;
+mod monitor;
+mod writes;
+
+pub use collator::{CollatorService, CollectReport};
+pub use dns::{DnsService, Hit, HitError, HitLimits};
+pub use monitor::{MonitorService, ObservationResult, results_snapshot};
+pub use writes::{StorageHealth, WriteOutcome};
