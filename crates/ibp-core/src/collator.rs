@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use ibp_wire::{FinalizeMessage, Proposal, Vote};
 
 use crate::time::{Now, after, elapsed};
-use crate::{CoreConfig, Counters, Decision};
+use crate::{CoreConfig, Counters, Decision, Effect};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -33,6 +33,9 @@ pub struct CachedProposal {
     /// Local time the entry was created.
     pub cached_at: Now,
 }
+
+/// Counts the votes behind a decision: `(agreeing votes of active monitors, needed)`.
+pub type Backing<'a> = dyn Fn(&BTreeMap<String, bool>) -> (usize, usize) + 'a;
 
 /// The collator cache.
 #[derive(Debug)]
@@ -174,8 +177,15 @@ impl VoteCache {
     }
 
     /// Reports decisions whose vote grace is over; every 30 s drops entries older than the
-    /// lifetime (local time) and forgets old decisions.
-    pub fn tick(&mut self, now: Now, c: &mut Counters) -> Vec<Decision> {
+    /// lifetime (local time) and forgets old decisions. With `backing` set (a quorum floor,
+    /// enforced trust), a passed decision is reported only if the cached agreeing votes of
+    /// active monitors reach what the cluster needs; otherwise it is refused.
+    pub fn tick(
+        &mut self,
+        now: Now,
+        backing: Option<&Backing<'_>>,
+        c: &mut Counters,
+    ) -> Vec<Effect> {
         let due: Vec<String> = self
             .closing
             .iter()
@@ -185,7 +195,22 @@ impl VoteCache {
         let mut out = Vec::with_capacity(due.len());
         for id in due {
             if let Some((_, f, received)) = self.closing.remove(&id) {
-                out.push(self.report(f, received));
+                let d = self.report(f, received);
+                if let (true, Some(check)) = (d.passed, backing) {
+                    let empty = BTreeMap::new();
+                    let (yes, need) = check(d.votes.as_ref().unwrap_or(&empty));
+                    if yes < need {
+                        c.finalizes_unbacked += 1;
+                        out.push(Effect::FinalizeRefused {
+                            finalizer: d.finalizer.clone(),
+                            proposal: d.proposal,
+                            agreeing: yes,
+                            needed: need,
+                        });
+                        continue;
+                    }
+                }
+                out.push(Effect::Decided(d));
             }
         }
         if self.next_janitor.is_some_and(|at| at > now) {

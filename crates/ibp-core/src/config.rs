@@ -69,6 +69,21 @@ pub struct CoreConfig {
     pub max_nodes: usize,
     /// Cap on remembered decided proposal IDs.
     pub max_decided: usize,
+    /// With a quorum floor (or `verify_finalizes`), how long a passed finalize from another
+    /// node waits for the votes that back it before it is dropped (2 s): votes and
+    /// finalizes travel on different subjects.
+    #[serde(with = "duration_serde")]
+    pub finalize_grace: Duration,
+    /// Apply another node's passed finalize only when this node holds the agreeing votes
+    /// it would need to decide itself (always on with `min_quorum`; trust enforcement turns
+    /// it on too).
+    pub verify_finalizes: bool,
+    /// Cap on official and on local results (each).
+    pub max_results: usize,
+    /// A local result not refreshed for this long (its check removed, its member gone) is
+    /// no longer proposed again by reconcile (15 min); it stays readable.
+    #[serde(with = "duration_serde")]
+    pub stale_local_after: Duration,
     /// Collator: how long after the first finalize of a decision its votes are still
     /// collected before the decision is reported (500 ms). Votes and finalizes travel on
     /// different subjects, so a voter's vote can be handled after its own finalize.
@@ -101,6 +116,10 @@ impl Default for CoreConfig {
             max_nodes: 1_024,
             max_decided: 200_000,
             collator_vote_grace: Duration::from_millis(500),
+            finalize_grace: Duration::from_secs(2),
+            verify_finalizes: false,
+            max_results: 100_000,
+            stale_local_after: Duration::from_secs(900),
         }
     }
 }
@@ -143,6 +162,7 @@ impl CoreConfig {
             return err("stale_after", "must not be shorter than active_window");
         }
         if self.max_proposals == 0
+            || self.max_results == 0
             || self.max_pending_buckets == 0
             || self.max_nodes < 2
             || self.max_decided == 0

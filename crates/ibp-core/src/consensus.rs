@@ -62,6 +62,35 @@ struct PendingBucket {
     votes: BTreeMap<String, (bool, Now)>,
 }
 
+#[derive(Debug, Clone)]
+struct Held {
+    finalize: FinalizeMessage,
+    until: Now,
+}
+
+/// What a node's member list and check configuration contain. A proposal, observation or
+/// decision about anything else is not tracked or applied (counted), as Go monitors skip a
+/// finalize whose member or check they do not know; it also bounds what strangers on the
+/// bus can make a node hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Member names (`Details.Name`).
+    pub members: BTreeSet<String>,
+    /// `(check type, check name)` pairs of the configured checks; empty means any check.
+    pub checks: BTreeSet<(String, String)>,
+}
+
+impl Known {
+    /// Whether `key` is about a known member and check.
+    pub fn knows(&self, key: &CheckKey) -> bool {
+        self.members.contains(&key.member_name)
+            && (self.checks.is_empty()
+                || self
+                    .checks
+                    .contains(&(key.check_type.clone(), key.check_name.clone())))
+    }
+}
+
 /// An official result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -72,6 +101,9 @@ pub struct Official {
     pub proposal: Proposal,
     /// Local time this node first saw that proposal, when it did (not after a restart).
     pub seen_at: Option<Now>,
+    /// Restored from disk at start-up (not decided while this process ran).
+    #[serde(skip)]
+    pub restored: bool,
     /// Local time the result was applied.
     pub applied_at: Now,
 }
@@ -123,6 +155,8 @@ pub enum ObserveOutcome {
     Unchanged,
     /// The observation differs from the official result (or there is none): proposed.
     Proposed(ProposeOutcome),
+    /// The member or check is not in this node's lists: nothing recorded.
+    Unknown,
 }
 
 /// The consensus state machine of one monitor.
@@ -133,8 +167,17 @@ pub struct Consensus {
     by_key: BTreeMap<ProposalKey, BTreeSet<String>>,
     timeouts: BTreeSet<(Now, String)>,
     pending: BTreeMap<String, PendingBucket>,
-    /// Decided proposal IDs with whether they passed.
-    decided: BTreeMap<String, bool>,
+    /// Decided proposal IDs: whether they passed, and when this node first saw them (kept
+    /// after the proposal is forgotten, so a late finalize is still ordered correctly).
+    decided: BTreeMap<String, (bool, Option<Now>)>,
+    /// First-seen times of proposals that expired undecided (their late finalizes, which
+    /// v0.6.12 monitors produce for ten minutes, are ordered by it).
+    expired_seen: BTreeMap<String, Now>,
+    expired_order: std::collections::VecDeque<(Now, String)>,
+    /// Passed finalizes waiting for the agreeing votes that back them (quorum floor / trust).
+    held: BTreeMap<String, Held>,
+    /// The members and checks this node knows, once it has its lists.
+    known: Option<Known>,
     decided_order: std::collections::VecDeque<(Now, String)>,
     local: BTreeMap<CheckKey, Local>,
     official: BTreeMap<CheckKey, Official>,
@@ -164,6 +207,10 @@ impl Consensus {
             timeouts: BTreeSet::new(),
             pending: BTreeMap::new(),
             decided: BTreeMap::new(),
+            expired_seen: BTreeMap::new(),
+            expired_order: Default::default(),
+            held: BTreeMap::new(),
+            known: None,
             decided_order: Default::default(),
             local: BTreeMap::new(),
             official: BTreeMap::new(),
@@ -202,6 +249,14 @@ impl Consensus {
             error_text,
             data,
         } = obs;
+        if !self.knows(&key) {
+            c.unknown_checks += 1;
+            return Vec::new();
+        }
+        if !self.local.contains_key(&key) && self.local.len() >= self.cfg.max_results {
+            c.refused_results += 1;
+            return Vec::new();
+        }
         let changed = self.local.get(&key).is_none_or(|l| l.status != status);
         self.local.insert(
             key.clone(),
@@ -237,6 +292,10 @@ impl Consensus {
         c: &mut Counters,
         out: &mut Vec<Effect>,
     ) -> ObserveOutcome {
+        if !self.knows(&obs.key) {
+            c.unknown_checks += 1;
+            return ObserveOutcome::Unknown;
+        }
         let revoted = self.record_local(obs.clone(), now, m, c, out);
         if self
             .official
@@ -352,11 +411,17 @@ impl Consensus {
         c: &mut Counters,
         out: &mut Vec<Effect>,
     ) -> usize {
+        // Results no longer refreshed (a check removed from the config, a member gone) stay
+        // readable, as the Go monitor keeps them, but are not proposed over and over.
+        let fresh = self.cfg.stale_local_after;
         let differing: Vec<(CheckKey, Local)> = self
             .local
             .iter()
             .filter(|(k, l)| {
-                k.typed().is_some() && self.official.get(*k).is_none_or(|o| o.status != l.status)
+                k.typed().is_some()
+                    && elapsed(l.observed_at, now) < fresh
+                    && self.known.as_ref().is_none_or(|kn| kn.knows(k))
+                    && self.official.get(*k).is_none_or(|o| o.status != l.status)
             })
             .map(|(k, l)| (k.clone(), l.clone()))
             .collect();
@@ -408,13 +473,19 @@ impl Consensus {
         Some(t)
     }
 
-    fn mark_decided(&mut self, id: &str, passed: bool, now: Now) {
+    fn mark_decided(&mut self, id: &str, passed: bool, seen_at: Option<Now>, now: Now) {
         if self.decided.len() >= self.cfg.max_decided
             && let Some((_, old)) = self.decided_order.pop_front()
         {
             self.decided.remove(&old);
         }
-        if self.decided.insert(id.to_string(), passed).is_none() {
+        self.held.remove(id);
+        let seen = seen_at.or_else(|| self.decided.get(id).and_then(|d| d.1));
+        if self
+            .decided
+            .insert(id.to_string(), (passed, seen))
+            .is_none()
+        {
             self.decided_order.push_back((now, id.to_string()));
         }
     }
@@ -423,7 +494,55 @@ impl Consensus {
     /// same outcome, or it already passed. (A pass after a fail still counts, as it does
     /// for Go nodes, which apply every passed finalize.)
     fn already_decided(&self, id: &str, passed: bool) -> bool {
-        self.decided.get(id).is_some_and(|d| *d || !passed)
+        self.decided.get(id).is_some_and(|d| d.0 || !passed)
+    }
+
+    /// When this node first saw proposal `id`, if it ever did (tracked, decided or expired).
+    fn first_seen(&self, id: &str) -> Option<Now> {
+        self.tracked
+            .get(id)
+            .map(|t| t.received_at)
+            .or_else(|| self.decided.get(id).and_then(|d| d.1))
+            .or_else(|| self.expired_seen.get(id).copied())
+    }
+
+    /// Whether passed finalizes must be backed by votes this node saw itself before they
+    /// are applied: with a quorum floor, or when trust is enforced.
+    fn tally_required(&self) -> bool {
+        self.cfg.min_quorum.is_some() || self.cfg.verify_finalizes
+    }
+
+    /// Agreeing votes of active monitors this node holds for `id` (tracked or buffered),
+    /// and how many it would need to decide itself.
+    pub fn backing(&self, id: &str, now: Now, m: &Membership) -> (usize, usize) {
+        let need = self.majority(m.count_active(Role::Monitor, now));
+        let mut voters: BTreeSet<&str> = BTreeSet::new();
+        if let Some(t) = self.tracked.get(id) {
+            voters.extend(
+                t.votes
+                    .iter()
+                    .filter(|(v, a)| **a && m.is_active_monitor(v, now))
+                    .map(|(v, _)| v.as_str()),
+            );
+        }
+        if let Some(b) = self.pending.get(id) {
+            voters.extend(
+                b.votes
+                    .iter()
+                    .filter(|(v, (a, _))| *a && m.is_active_monitor(v, now))
+                    .map(|(v, _)| v.as_str()),
+            );
+        }
+        (voters.len(), need)
+    }
+
+    /// Replaces what this node knows (its member list and checks); `None` accepts any.
+    pub fn set_known(&mut self, known: Option<Known>) {
+        self.known = known;
+    }
+
+    fn knows(&self, key: &CheckKey) -> bool {
+        self.known.as_ref().is_none_or(|k| k.knows(key))
     }
 
     // ----- received messages ----------------------------------------------------------
@@ -443,6 +562,10 @@ impl Consensus {
         }
         if self.tracked.contains_key(&p.id) || self.decided.contains_key(&p.id) {
             c.duplicate_proposals += 1;
+            return;
+        }
+        if !self.knows(&CheckKey::of(&p)) {
+            c.unknown_checks += 1;
             return;
         }
         if self.tracked.len() >= self.cfg.max_proposals {
@@ -480,7 +603,9 @@ impl Consensus {
             }
             t.votes.insert(v.node_id, v.agree);
             let id = v.proposal_id;
-            self.decide(&id, now, m, c, out);
+            if !self.decide(&id, now, m, c, out) {
+                self.release_held(&id, now, m, c, out);
+            }
             return;
         }
         if !self.pending.contains_key(&v.proposal_id)
@@ -489,6 +614,7 @@ impl Consensus {
             c.refused_pending_votes += 1;
             return;
         }
+        let id = v.proposal_id.clone();
         let bucket = self
             .pending
             .entry(v.proposal_id)
@@ -501,13 +627,39 @@ impl Consensus {
         }
         bucket.votes.insert(v.node_id, (v.agree, now));
         c.buffered_votes += 1;
+        self.release_held(&id, now, m, c, out);
     }
 
-    /// Handles a received finalize: forget the proposal, apply it if it passed.
+    /// Applies a held finalize once the votes behind it are here.
+    fn release_held(
+        &mut self,
+        id: &str,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        if !self.held.contains_key(id) {
+            return;
+        }
+        let (yes, need) = self.backing(id, now, m);
+        if yes >= need
+            && let Some(h) = self.held.remove(id)
+        {
+            c.finalizes_released += 1;
+            self.apply_finalize(h.finalize, now, c, out);
+        }
+    }
+
+    /// Handles a received finalize: forget the proposal, apply it if it passed. With a
+    /// quorum floor (or trust enforced), a passed finalize is applied only once this node
+    /// holds the agreeing votes of active monitors it would need to decide itself; until
+    /// then (a short grace for votes still in flight) it is held, and then dropped.
     pub fn on_finalize(
         &mut self,
         f: FinalizeMessage,
         now: Now,
+        m: &Membership,
         c: &mut Counters,
         out: &mut Vec<Effect>,
     ) {
@@ -516,17 +668,64 @@ impl Consensus {
             c.invalid_messages += 1;
             return;
         }
+        if f.passed && !self.knows(&CheckKey::of(&f.proposal)) {
+            c.unknown_checks += 1;
+            return;
+        }
+        if f.passed && self.tally_required() && !self.already_decided(&id, true) {
+            let (yes, need) = self.backing(&id, now, m);
+            if yes < need {
+                if !self.held.contains_key(&id) {
+                    if self.held.len() >= self.cfg.max_pending_buckets {
+                        c.refused_pending_votes += 1;
+                        return;
+                    }
+                    c.finalizes_held += 1;
+                    self.held.insert(
+                        id,
+                        Held {
+                            finalize: f,
+                            until: after(now, self.cfg.finalize_grace),
+                        },
+                    );
+                }
+                return;
+            }
+        }
+        self.apply_finalize(f, now, c, out);
+    }
+
+    fn apply_finalize(
+        &mut self,
+        f: FinalizeMessage,
+        now: Now,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) {
+        let id = f.proposal.id.clone();
+        // A proposal this node never saw is ordered by the arrival of its finalize: the
+        // node orders decisions by when it learned of them, never by proposers' clocks.
+        let known_since = self.first_seen(&id);
+        let seen_at = Some(known_since.unwrap_or(now));
+        let learned_late = known_since.is_none();
         let tracked = self.untrack(&id);
         self.pending.remove(&id);
         if self.already_decided(&id, f.passed) {
             c.duplicate_finalizes += 1;
             return;
         }
-        self.mark_decided(&id, f.passed, now);
+        self.mark_decided(&id, f.passed, seen_at, now);
         c.decisions_received += 1;
-        let seen_at = tracked.as_ref().map(|t| t.received_at);
-        let applied =
-            f.passed && self.apply_official(&f.proposal, seen_at, f.decided_at, now, c, out);
+        let applied = f.passed
+            && self.apply_official(
+                &f.proposal,
+                seen_at,
+                learned_late,
+                f.decided_at,
+                now,
+                c,
+                out,
+            );
         if f.passed {
             c.decisions_passed += 1;
         } else {
@@ -538,7 +737,7 @@ impl Consensus {
             decided_at: f.decided_at,
             by_self: false,
             applied,
-            latency: seen_at.map(|s| elapsed(s, now)),
+            latency: tracked.as_ref().map(|t| elapsed(t.received_at, now)),
             tally: None,
             votes: tracked.map(|t| t.votes),
             proposal: f.proposal,
@@ -659,7 +858,7 @@ impl Consensus {
     ) {
         let Some(t) = self.untrack(id) else { return };
         self.pending.remove(id);
-        self.mark_decided(id, passed, now);
+        self.mark_decided(id, passed, Some(t.received_at), now);
         let decided_at = WireTime::from_utc(now);
         out.push(Effect::Publish(Outbound::Finalize(FinalizeMessage {
             proposal: t.proposal.clone(),
@@ -668,7 +867,15 @@ impl Consensus {
             decided_at,
         })));
         let applied = passed
-            && self.apply_official(&t.proposal, Some(t.received_at), decided_at, now, c, out);
+            && self.apply_official(
+                &t.proposal,
+                Some(t.received_at),
+                false,
+                decided_at,
+                now,
+                c,
+                out,
+            );
         c.decisions_by_self += 1;
         if passed {
             c.decisions_passed += 1;
@@ -689,10 +896,12 @@ impl Consensus {
     }
 
     /// Makes a passed proposal the official result, unless a newer decision already is.
+    #[allow(clippy::too_many_arguments)]
     fn apply_official(
         &mut self,
         p: &Proposal,
         seen_at: Option<Now>,
+        learned_late: bool,
         decided_at: WireTime,
         now: Now,
         c: &mut Counters,
@@ -711,14 +920,25 @@ impl Consensus {
             // forged clock would otherwise block every later decision). A proposal this node
             // never tracked is ordered by its arrival: a duplicate of a decision it already
             // knew never gets here (the decided set stops it first).
-            let stale = match (seen_at, cur.seen_at) {
-                (Some(new), Some(old)) => new < old,
-                _ => false,
+            let stale = if cur.restored && learned_late {
+                // A result restored from disk against a finalize for a proposal this process
+                // never saw (e.g. a v0.6.12 retry after a restart): the proposers' clocks are
+                // all there is to order them by. (Between two decisions of this process they
+                // never are: a forged future timestamp would block the check.)
+                !p.timestamp.is_zero()
+                    && !cur.proposal.timestamp.is_zero()
+                    && p.timestamp.instant() < cur.proposal.timestamp.instant()
+            } else {
+                matches!((seen_at, cur.seen_at), (Some(new), Some(old)) if new < old)
             };
             if stale {
                 c.stale_decisions += 1;
                 return false;
             }
+        }
+        if previous.is_none() && self.official.len() >= self.cfg.max_results {
+            c.refused_results += 1;
+            return false;
         }
         let flipped = previous.is_none_or(|o| o.status != p.proposed_status);
         self.official.insert(
@@ -727,6 +947,7 @@ impl Consensus {
                 status: p.proposed_status,
                 proposal: p.clone(),
                 seen_at,
+                restored: false,
                 applied_at: now,
             },
         );
@@ -740,15 +961,41 @@ impl Consensus {
         true
     }
 
-    /// Restores an official result persisted before a restart (no effects).
-    pub fn restore_official(&mut self, proposal: Proposal, applied_at: Now) {
+    /// Restores a local observation persisted before a restart, with the time it was made
+    /// (no effects: nothing is proposed or voted).
+    pub fn restore_local(&mut self, obs: Observation, observed_at: Now) {
+        if self.local.len() >= self.cfg.max_results && !self.local.contains_key(&obs.key) {
+            return;
+        }
+        self.local.insert(
+            obs.key,
+            Local {
+                status: obs.status,
+                error_text: obs.error_text,
+                data: obs.data,
+                observed_at,
+            },
+        );
+    }
+
+    /// Restores an official result persisted before a restart (no effects). Its proposal
+    /// counts as decided from `now` on, so a late repeat of that decision (a v0.6.12 monitor
+    /// retrying it) cannot be applied again over a newer one.
+    pub fn restore_official(&mut self, proposal: Proposal, applied_at: Now, now: Now) {
+        if !proposal.id.is_empty() {
+            self.mark_decided(&proposal.id, true, Some(now), now);
+        }
         let key = CheckKey::of(&proposal);
+        if self.official.len() >= self.cfg.max_results && !self.official.contains_key(&key) {
+            return;
+        }
         self.official.insert(
             key,
             Official {
                 status: proposal.proposed_status,
                 proposal,
                 seen_at: None,
+                restored: true,
                 applied_at,
             },
         );
@@ -758,6 +1005,29 @@ impl Consensus {
 
     /// Handles due timeouts and garbage collection.
     pub fn tick(&mut self, now: Now, m: &Membership, c: &mut Counters, out: &mut Vec<Effect>) {
+        let unbacked: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in unbacked {
+            let (yes, need) = self.backing(&id, now, m);
+            if let Some(h) = self.held.remove(&id) {
+                if yes >= need {
+                    c.finalizes_released += 1;
+                    self.apply_finalize(h.finalize, now, c, out);
+                } else {
+                    c.finalizes_unbacked += 1;
+                    out.push(Effect::FinalizeRefused {
+                        proposal: h.finalize.proposal,
+                        finalizer: h.finalize.sender_node_id,
+                        agreeing: yes,
+                        needed: need,
+                    });
+                }
+            }
+        }
         while let Some((at, id)) = self.timeouts.first().cloned() {
             if at > now {
                 break;
@@ -813,8 +1083,24 @@ impl Consensus {
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            self.untrack(&id);
+            if let Some(t) = self.untrack(&id) {
+                if self.expired_seen.len() >= self.cfg.max_decided
+                    && let Some((_, old)) = self.expired_order.pop_front()
+                {
+                    self.expired_seen.remove(&old);
+                }
+                self.expired_seen.insert(id.clone(), t.received_at);
+                self.expired_order.push_back((now, id));
+            }
             c.expired_proposals += 1;
+        }
+        while let Some((at, _)) = self.expired_order.front() {
+            if elapsed(*at, now) < self.cfg.decided_ttl {
+                break;
+            }
+            if let Some((_, id)) = self.expired_order.pop_front() {
+                self.expired_seen.remove(&id);
+            }
         }
         let vttl = self.cfg.buffered_vote_ttl;
         self.pending.retain(|_, b| {
@@ -869,7 +1155,8 @@ impl Consensus {
     /// When [`Consensus::tick`] is next needed.
     pub fn next_deadline(&self) -> Option<Now> {
         let timeout = self.timeouts.first().map(|(at, _)| *at);
-        [timeout, self.next_gc].into_iter().flatten().min()
+        let held = self.held.values().map(|h| h.until).min();
+        [timeout, self.next_gc, held].into_iter().flatten().min()
     }
 
     // ----- views ----------------------------------------------------------------------
@@ -882,6 +1169,11 @@ impl Consensus {
     /// Number of buffered-vote buckets.
     pub fn pending_buckets(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Number of passed finalizes held for their votes.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
     }
 
     /// Number of remembered decided IDs.

@@ -42,4 +42,15 @@ pub struct Counters {
     pub decisions_passed: u64,
     /// Decisions (own or received) that failed.
     pub decisions_failed: u64,
+    /// Passed finalizes held until this node saw the votes backing them.
+    pub finalizes_held: u64,
+    /// Held finalizes applied once their votes arrived.
+    pub finalizes_released: u64,
+    /// Held finalizes dropped: their votes never came (minority, one-vote or forged).
+    pub finalizes_unbacked: u64,
+    /// Proposals, observations and decisions about members or checks this node does not
+    /// know (not in its lists).
+    pub unknown_checks: u64,
+    /// Results refused because `max_results` were held.
+    pub refused_results: u64,
 }

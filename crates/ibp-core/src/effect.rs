@@ -106,6 +106,19 @@ pub enum Effect {
         /// Its role string.
         role: String,
     },
+    /// A passed finalize was not applied: within the grace this node never held the
+    /// agreeing votes of active monitors it would need to decide itself (quorum floor,
+    /// enforced trust). A minority partition, a one-vote v0.6.12 monitor or a forger.
+    FinalizeRefused {
+        /// The proposal it was about.
+        proposal: Proposal,
+        /// Who sent it (empty for v0.2.0/v0.6.12 senders).
+        finalizer: String,
+        /// Agreeing votes this node held.
+        agreeing: usize,
+        /// Votes it needed.
+        needed: usize,
+    },
     /// Another live node uses this node's ID: its join (or vote) reached this node, which a
     /// no-echo connection never delivers for its own messages.
     IdConflict {

@@ -39,6 +39,7 @@ pub enum EngineError {
 
 /// The core of one node.
 pub struct Engine {
+    cfg: CoreConfig,
     membership: Membership,
     consensus: Option<Consensus>,
     cache: Option<VoteCache>,
@@ -69,6 +70,7 @@ impl Engine {
         let cache = (role == Role::Collator).then(|| VoteCache::new(&cfg));
         Engine {
             gc_interval: cfg.gc_interval,
+            cfg: cfg.clone(),
             membership: Membership::new(me, role, cfg),
             consensus,
             cache,
@@ -84,6 +86,7 @@ impl Engine {
     pub fn observer(me: SelfInfo, cfg: CoreConfig) -> Engine {
         Engine {
             gc_interval: cfg.gc_interval,
+            cfg: cfg.clone(),
             membership: Membership::observer(me, cfg),
             consensus: None,
             cache: None,
@@ -200,7 +203,7 @@ impl Engine {
                     );
                 }
                 if let Some(cons) = &mut self.consensus {
-                    cons.on_finalize(f, now, c, &mut out);
+                    cons.on_finalize(f, now, &self.membership, c, &mut out);
                 } else if let Some(cache) = &mut self.cache {
                     cache.on_finalize(f, now, c);
                 }
@@ -230,7 +233,16 @@ impl Engine {
             cons.tick(now, &self.membership, c, &mut out);
         }
         if let Some(cache) = &mut self.cache {
-            out.extend(cache.tick(now, c).into_iter().map(Effect::Decided));
+            let m = &self.membership;
+            let cfg = &self.cfg;
+            let check =
+                |votes: &std::collections::BTreeMap<String, bool>| backing_of(votes, m, cfg, now);
+            let required = cfg.min_quorum.is_some() || cfg.verify_finalizes;
+            out.extend(cache.tick(
+                now,
+                required.then_some(&check as &dyn Fn(&_) -> (usize, usize)),
+                c,
+            ));
         }
         out
     }
@@ -341,6 +353,25 @@ impl Engine {
         self.consensus.as_mut()
     }
 
+    /// Whether decisions must be backed by votes this node saw (quorum floor, trust), and if
+    /// so the agreeing votes of active monitors among `votes` and how many are needed.
+    pub fn backing(
+        &self,
+        votes: &std::collections::BTreeMap<String, bool>,
+        now: Now,
+    ) -> Option<(usize, usize)> {
+        (self.cfg.min_quorum.is_some() || self.cfg.verify_finalizes)
+            .then(|| backing_of(votes, &self.membership, &self.cfg, now))
+    }
+
+    /// Replaces what this node knows (members and checks): proposals, observations and
+    /// decisions about anything else are not tracked or applied. `None` accepts any.
+    pub fn set_known(&mut self, known: Option<crate::consensus::Known>) {
+        if let Some(c) = &mut self.consensus {
+            c.set_known(known);
+        }
+    }
+
     /// Takes what the collator cached for a proposal (the durable finalize path).
     pub fn take_cached(
         &mut self,
@@ -363,4 +394,24 @@ impl Engine {
     pub fn count_active(&self, role: Role, now: Now) -> usize {
         self.membership.count_active(role, now)
     }
+}
+
+/// Agreeing votes of active monitors among `votes`, and the number a decision needs with
+/// this node's rules (majority of active monitors, minimum votes, quorum floor).
+fn backing_of(
+    votes: &std::collections::BTreeMap<String, bool>,
+    m: &Membership,
+    cfg: &CoreConfig,
+    now: Now,
+) -> (usize, usize) {
+    let total = m.count_active(ibp_wire::Role::Monitor, now);
+    let mut need = (total / 2 + 1).max(cfg.min_votes);
+    if let Some(q) = cfg.min_quorum {
+        need = need.max(q);
+    }
+    let yes = votes
+        .iter()
+        .filter(|(v, a)| **a && m.is_active_monitor(v, now))
+        .count();
+    (yes, need)
 }

@@ -170,6 +170,16 @@ fn with_a_quorum_floor_a_minority_never_decides_even_after_it_stops_hearing_the_
             ),
             Some(_) => assert!(finalizes_out(&fx).is_empty(), "2 votes < quorum floor 3"),
         }
+        // The minority's own finalize (m2 decided alone on its side) must not get through
+        // either: with the floor, m1 needs three agreeing votes it saw itself.
+        let b = proposal("B", "m2", "beta", false, secs(662));
+        e.handle(vote("B", "m2", true), secs(662));
+        e.handle(finalize(&b, "m2", true), secs(662));
+        advance(&mut e, secs(670));
+        match floor {
+            None => assert_eq!(official(&e, "beta"), Some(false), "reference: applied"),
+            Some(_) => assert_eq!(official(&e, "beta"), None, "one vote < floor 3: refused"),
+        }
     }
 }
 

@@ -61,6 +61,9 @@ pub struct App {
     shutdown_grace: Duration,
     http_stop: watch::Sender<bool>,
     http_task: Option<JoinHandle<()>>,
+    /// The durable consumer: it acknowledges over the connection, so it finishes (or gives
+    /// back) its messages before the connection closes.
+    durable_task: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     drain_tasks: Vec<JoinHandle<()>>,
 }
@@ -93,6 +96,7 @@ impl App {
         let (abandon, abandon_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut drain_tasks = Vec::new();
+        let mut durable_task = None;
 
         let opts = NodeOptions {
             node_id: cfg.node_id.clone(),
@@ -174,7 +178,7 @@ impl App {
                 drain_tasks.push(tokio::spawn(c.clone().record_decisions(rx)));
             }
             if cfg.collator.jetstream {
-                drain_tasks.push(tokio::spawn(crate::durable::run(
+                durable_task = Some(tokio::spawn(crate::durable::run(
                     c.clone(),
                     node.clone(),
                     durable.clone(),
@@ -215,6 +219,34 @@ impl App {
             ));
         }
 
+        if cfg.role == Role::Monitor {
+            // Once the lists are loaded, decisions about members or checks this node does
+            // not know are not applied (as Go monitors skip them), and strangers cannot make
+            // it hold results for any key they like.
+            let node2 = node.clone();
+            let lists = ibp_config.clone();
+            let checks: std::collections::BTreeSet<(String, String)> = cfg
+                .checks
+                .iter()
+                .map(|c| (c.check_type.as_str().to_string(), c.name.clone()))
+                .collect();
+            let mut loads = lists.subscribe();
+            let mut stop_rx = stop.subscribe();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if let Some(l) = lists.get() {
+                        node2.set_known(Some(ibp_core::consensus::Known {
+                            members: l.members.values().map(|m| m.name.clone()).collect(),
+                            checks: checks.clone(),
+                        }));
+                    }
+                    tokio::select! {
+                        r = loads.changed() => if r.is_err() { break },
+                        _ = stop_rx.changed() => break,
+                    }
+                }
+            }));
+        }
         let state = AppState {
             node: node.clone(),
             monitor: monitor.clone(),
@@ -241,6 +273,7 @@ impl App {
             shutdown_grace: cfg.shutdown_grace,
             http_stop,
             http_task: Some(http_task),
+            durable_task,
             tasks,
             drain_tasks,
         })
@@ -256,6 +289,13 @@ impl App {
             let _ = tokio::time::timeout(crate::http::SHUTDOWN_GRACE, h).await;
         }
         let _ = self.stop.send(true);
+        if let Some(t) = self.durable_task.take()
+            && tokio::time::timeout(self.shutdown_grace, t).await.is_err()
+        {
+            tracing::warn!(
+                "the durable consumer did not stop within the grace; unacknowledged decisions are redelivered later"
+            );
+        }
         self.node.shutdown(Duration::from_secs(1)).await;
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;

@@ -148,8 +148,9 @@ pub struct RoleServices {
     pub decision_sink: Option<mpsc::Sender<Decision>>,
     /// Monitor: official results persisted before a restart.
     pub restore_official: Vec<(Proposal, DateTime<Utc>)>,
-    /// Monitor: local observations persisted before a restart (recorded, not proposed).
-    pub restore_local: Vec<Observation>,
+    /// Monitor: local observations persisted before a restart, with when they were made
+    /// (recorded, not proposed; reconcile proposes only those still fresh).
+    pub restore_local: Vec<(Observation, DateTime<Utc>)>,
     /// Collator: finalizes are consumed from a JetStream stream (see
     /// [`Node::take_cached`]); the core subscription only marks their senders heard.
     pub finalize_durable: bool,
@@ -448,11 +449,11 @@ impl Node {
         let now = self.now();
         if let Some(c) = engine.consensus_mut() {
             for (p, at) in &services.restore_official {
-                c.restore_official(p.clone(), *at);
+                c.restore_official(p.clone(), *at, now);
             }
-        }
-        for obs in &services.restore_local {
-            let _ = engine.set_local(obs.clone(), now);
+            for (obs, at) in &services.restore_local {
+                c.restore_local(obs.clone(), *at);
+            }
         }
         if let Ok(mut s) = self.inner.services.lock() {
             *s = services.clone();
@@ -636,6 +637,16 @@ impl Node {
                 Effect::NodeJoined { node_id, role } => {
                     tracing::info!(node = %self.inner.id, peer = %node_id, role = %role, "node joined");
                 }
+                Effect::FinalizeRefused {
+                    proposal,
+                    finalizer,
+                    agreeing,
+                    needed,
+                } => {
+                    self.inner.metrics.ignore("finalize_unbacked");
+                    tracing::warn!(node = %self.inner.id, proposal = %proposal.id, check = %CheckKey::of(&proposal), finalizer = %finalizer, agreeing, needed,
+                        "a passed finalize was not applied: this node never saw the agreeing votes it would need to decide itself");
+                }
                 Effect::IdConflict { other } => {
                     tracing::error!(node = %self.inner.id, other = %other, "another live node uses this node's ID: give every node its own ID (Nats.NodeID / --node-id)");
                     self.inner.health.fail_for(
@@ -801,6 +812,21 @@ impl Node {
         let fx = self.try_engine(|e, now| e.set_local(obs, now))?;
         self.run_effects(fx).await;
         Ok(())
+    }
+
+    /// Replaces what this node knows (members and checks, from its lists): proposals,
+    /// observations and decisions about anything else are counted and not applied.
+    pub fn set_known(&self, known: Option<ibp_core::consensus::Known>) {
+        self.with_engine(|e, _| e.set_known(known));
+    }
+
+    /// With a quorum floor or enforced trust, whether `votes` back a passed decision:
+    /// `Some((agreeing, needed))`; `None` when no backing is required.
+    pub fn backing(
+        &self,
+        votes: &std::collections::BTreeMap<String, bool>,
+    ) -> Option<(usize, usize)> {
+        self.read_engine(|e, now| e.backing(votes, now))
     }
 
     /// Takes the proposal and votes the collator cached for `id` (the durable finalize

@@ -306,6 +306,9 @@ pub async fn setup(node: &Node, opts: &DurableOptions) -> Result<String, JsError
 }
 
 /// Runs the durable consumer until `stop` fires, recreating what it needs after any error.
+/// A message being handled when `stop` fires is finished (recorded and acknowledged);
+/// messages delivered but not handled yet are given back at once (NAK), not left to the
+/// acknowledgement timeout.
 pub async fn run(
     collator: CollatorService,
     node: Node,
@@ -313,13 +316,9 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(500);
-    loop {
-        let r = tokio::select! {
-            r = consume(&collator, &node, &opts, &mut backoff) => r,
-            _ = stop.changed() => break,
-        };
-        match r {
-            Ok(()) => {}
+    while !*stop.borrow() {
+        match consume(&collator, &node, &opts, &mut backoff, &mut stop).await {
+            Ok(()) => break,
             Err(e) => {
                 node.metrics().ignore("jetstream_consumer_error");
                 node.health().fail(Part::JetStream, e.to_string());
@@ -335,12 +334,13 @@ pub async fn run(
     tracing::debug!("durable decision consumer stopped");
 }
 
-/// One life of the consumer: set up, then pull until an error.
+/// One life of the consumer: set up, then pull until an error or `stop`.
 async fn consume(
     collator: &CollatorService,
     node: &Node,
     opts: &DurableOptions,
     backoff: &mut Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), JsError> {
     let stream = ensure_stream(node, opts).await?;
     ensure_consumer(node, &stream, opts).await?;
@@ -352,9 +352,12 @@ async fn consume(
         .await
         .map_err(|e| JsError::Bus(e.to_string()))?;
     let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", opts.durable);
-    let batch = 64u64;
+    let batch = 16u64;
     let expires = Duration::from_secs(5);
     loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
         client
             .publish_with_reply(
                 next.clone(),
@@ -366,11 +369,17 @@ async fn consume(
         let deadline = tokio::time::Instant::now() + expires + Duration::from_secs(5);
         let mut got = 0;
         loop {
-            let msg = match tokio::time::timeout_at(deadline, sub.next()).await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Err(JsError::Bus("inbox subscription closed".into())),
-                // The server answers an expired pull with a 408; without one, pull again.
-                Err(_) => break,
+            let msg = tokio::select! {
+                m = tokio::time::timeout_at(deadline, sub.next()) => match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err(JsError::Bus("inbox subscription closed".into())),
+                    // The server answers an expired pull with a 408; without one, pull again.
+                    Err(_) => break,
+                },
+                _ = stop.changed() => {
+                    give_back(&client, &mut sub).await;
+                    return Ok(());
+                }
             };
             if let Some(status) = msg.status {
                 match status.as_u16() {
@@ -411,9 +420,28 @@ async fn consume(
             if got >= batch {
                 break;
             }
+            if *stop.borrow() {
+                give_back(&client, &mut sub).await;
+                return Ok(());
+            }
         }
         node.health().recover(Part::JetStream);
     }
+}
+
+/// Gives the messages already delivered to this consumer, but not handled, back to the
+/// server (NAK) so a restarted collator gets them at once.
+async fn give_back(client: &async_nats::Client, sub: &mut async_nats::Subscriber) {
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+        if let Some(reply) = msg.reply.as_ref()
+            && parse_ack_subject(reply).is_some()
+        {
+            let _ = client
+                .publish(reply.to_string(), Bytes::from_static(b"-NAK"))
+                .await;
+        }
+    }
+    let _ = client.flush().await;
 }
 
 /// Records one delivered finalize and acknowledges it (or not).
@@ -474,6 +502,16 @@ async fn handle(
     };
     if let Some((_, votes)) = node.take_cached(&id) {
         d.votes = Some(votes);
+    }
+    if d.passed
+        && let Some((yes, need)) = node.backing(d.votes.as_ref().unwrap_or(&Default::default()))
+        && yes < need
+    {
+        // Not backed by the votes this collator saw: no outage is recorded from it.
+        node.metrics().ignore("finalize_unbacked");
+        tracing::warn!(proposal = %id, agreeing = yes, needed = need, "durable finalize not backed by enough agreeing votes; not recorded");
+        ack("+ACK").await;
+        return;
     }
     let outcome = std::panic::AssertUnwindSafe(collator.record_durably(&d))
         .catch_unwind()

@@ -288,10 +288,18 @@ async fn fetch_unbounded_time(source: &str, limits: FetchLimits) -> Result<Strin
 
 /// The current member/service lists, shared by a node's services, reloaded in the
 /// background.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SharedIbpConfig {
     inner: Arc<RwLock<Option<Arc<IbpConfig>>>>,
     limits: FetchLimits,
+    /// Bumped after every successful load.
+    loads: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for SharedIbpConfig {
+    fn default() -> Self {
+        SharedIbpConfig::with_limits(FetchLimits::default())
+    }
 }
 
 impl SharedIbpConfig {
@@ -300,7 +308,14 @@ impl SharedIbpConfig {
         SharedIbpConfig {
             inner: Arc::new(RwLock::new(Some(Arc::new(cfg)))),
             limits: FetchLimits::default(),
+            loads: Arc::new(tokio::sync::watch::channel(1).0),
         }
+    }
+
+    /// A watch bumped after every successful load (services rebuild what depends on the
+    /// lists).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.loads.subscribe()
     }
 
     /// An empty holder whose fetches keep within `limits`.
@@ -308,6 +323,7 @@ impl SharedIbpConfig {
         SharedIbpConfig {
             inner: Arc::default(),
             limits,
+            loads: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -324,6 +340,7 @@ impl SharedIbpConfig {
         if let Ok(mut g) = self.inner.write() {
             *g = Some(Arc::new(cfg));
         }
+        self.loads.send_modify(|n| *n += 1);
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub mod durable;
 pub mod health;
 pub mod http;
 pub mod ibp_config;
+pub mod inspect;
 pub mod metrics;
 pub mod normalize;
 pub mod roles;

@@ -80,6 +80,10 @@ struct CheckArgs {
     /// Role to resolve for.
     #[arg(long)]
     role: Option<String>,
+    /// Do not contact the database (by default a MySQL database is asked which schema
+    /// changes the first start would make and whether the user may make them).
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Args)]
@@ -303,7 +307,7 @@ async fn downtime(a: DowntimeArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_config(a: CheckArgs) -> Result<()> {
+async fn check_config(a: CheckArgs) -> Result<()> {
     let file = FileConfig::load(&a.config)?;
     let cfg = NodeConfig::resolve(
         &file,
@@ -313,6 +317,7 @@ fn check_config(a: CheckArgs) -> Result<()> {
         },
     )?;
     println!("{cfg:#?}");
+    println!("node id: {} (from {})", cfg.node_id, cfg.node_id_source);
     println!(
         "checks: {}",
         cfg.checks
@@ -326,6 +331,16 @@ fn check_config(a: CheckArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if a.offline {
+        return Ok(());
+    }
+    let problems = ibp_node::inspect::database(&cfg).await;
+    for line in &problems.lines {
+        println!("{line}");
+    }
+    if let Some(fatal) = problems.fatal {
+        bail!("{fatal}");
+    }
     Ok(())
 }
 
@@ -346,7 +361,7 @@ fn main() -> ExitCode {
             Command::Run(a) => run(a, cli.log_format).await,
             Command::Usage(a) => usage(a).await,
             Command::Downtime(a) => downtime(a).await,
-            Command::CheckConfig(a) => check_config(a),
+            Command::CheckConfig(a) => check_config(a).await,
             Command::Demo(a) => ibp_node::demo::run(a).await.map_err(|e| anyhow!(e)),
         }
     });

@@ -249,9 +249,28 @@ async fn jetstream_catches_up_on_decisions_made_while_the_collator_was_down() {
         "first outage closed, second opened and closed: {evs:?}"
     );
     assert!(evs.iter().all(|e| e.end_time.is_some()));
-    // Nothing more arrives, and nothing was duplicated.
-    let rows_now = c.store().all_events().await.expect("events").len();
-    assert_eq!(rows_now, 2);
+    // Every finalize in the stream (each decision from up to three monitors) has been
+    // handled and acknowledged: only now can "nothing duplicated" be read off the table.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("client"));
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("ibp-collator-collator-1", "IBP_FINALIZE")
+        .await
+        .expect("the durable consumer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer.info().await.expect("consumer info");
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            assert!(
+                info.delivered.stream_sequence >= 4,
+                "all finalizes delivered: {info:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = c.store().all_events().await.expect("events");
+    assert_eq!(after, evs, "the duplicate finalizes changed nothing");
     app.shutdown().await;
 }
 
@@ -425,5 +444,55 @@ async fn on_start_up_the_collator_backfills_the_last_two_days() {
         0,
         "only the last 2 days"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_over_a_go_collators_database_counts_each_hit_once() {
+    let server = NatsServer::start().expect("server");
+    let db = TestDatabase::create().await.expect("MariaDB");
+    let dir = tempfile::tempdir().expect("dir");
+    let today = NaiveDate::from_ymd_opt(2026, 11, 27).expect("date");
+    let _d1 = dns(&server.url(), "dns-1", &[(today, 100)]).await;
+    let _d2 = dns(&server.url(), "dns-2", &[(today, 50)]).await;
+    let _m = monitors(&server.url(), 1).await;
+    let app = start_collator(&server.url(), &db.url, dir.path(), false).await;
+    assert!(
+        app.node
+            .wait_for_active(Role::Dns, 2, Duration::from_secs(20))
+            .await
+    );
+    // What the Go collator wrote for the same day and DNS nodes: node-less rows
+    // (NULL and '' node_id), 300 hits in all.
+    for node in ["NULL", "''"] {
+        db.execute(&format!(
+            "INSERT INTO requests (date, node_id, domain_name, member_name, network_asn, network_name, country_code, country_name, is_ipv6, hits) \
+             VALUES ('2026-11-27', {node}, 'rpc.alpha.io', 'alpha', '', '', 'DE', 'DE', 0, 150)"
+        ))
+        .await
+        .expect("legacy row");
+    }
+    let c = collator(&app);
+    let total = async || -> i64 {
+        c.store()
+            .usage_totals_by_node(today, today)
+            .await
+            .expect("totals")
+            .iter()
+            .map(|(_, h)| h)
+            .sum()
+    };
+    assert_eq!(total().await, 300);
+    let r = c.collect(&app.node, today, today).await.expect("collect");
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.legacy_rows_replaced, 2);
+    assert_eq!(
+        total().await,
+        2 * 100 + 2 * 50,
+        "the per-node rows replace the Go rows: not 300 + 300"
+    );
+    // A second collection changes nothing.
+    c.collect(&app.node, today, today).await.expect("collect");
+    assert_eq!(total().await, 300);
     app.shutdown().await;
 }

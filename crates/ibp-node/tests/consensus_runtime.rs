@@ -265,8 +265,8 @@ async fn enabling_twice_is_an_error_and_roles_subscribe_exactly_their_subjects()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rust_monitor_understands_the_captured_go_messages() {
+/// A Rust monitor on a fresh server, and a plain client to play the Go monitors.
+async fn rust_monitor_and_go_peers() -> (Node, NatsServer, async_nats::Client) {
     let server = NatsServer::start().expect("server");
     let node = Node::connect(options("rust-monitor", &server.url()))
         .await
@@ -274,29 +274,65 @@ async fn a_rust_monitor_understands_the_captured_go_messages() {
     node.enable(Role::Monitor, RoleServices::default())
         .await
         .expect("enables");
-    let mut rx = node.decisions();
     let raw = async_nats::connect(server.url()).await.expect("raw client");
+    (node, server, raw)
+}
+
+/// Publishes the captured Go run, only the subjects `keep` accepts.
+async fn replay_go_run(raw: &async_nats::Client, keep: impl Fn(&str) -> bool) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/vectors/go-v0.7-agree");
     let text = std::fs::read_to_string(dir.join("all_messages.jsonl")).expect("vectors");
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
         let subject = v["subject"].as_str().expect("subject").to_string();
+        if !keep(&subject) {
+            continue;
+        }
         let payload = v["raw"].as_str().expect("raw").to_string();
         raw.publish(subject, payload.into()).await.expect("publish");
     }
     raw.flush().await.expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_monitor_decides_from_the_captured_go_votes() {
+    use futures::StreamExt;
+    let (node, _server, raw) = rust_monitor_and_go_peers().await;
+    let mut finals = raw.subscribe("consensus.finalize").await.expect("sub");
+    raw.flush().await.expect("flush");
+    let mut rx = node.decisions();
+    // Without the Go finalizes, only counting the Go votes can decide it.
+    replay_go_run(&raw, |s| s != "consensus.finalize").await;
     let d = decision_for(&mut rx, "m1").await;
-    assert!(
-        d.passed,
-        "decided by itself from the Go votes, or learned from a Go finalize"
-    );
+    assert!(d.passed);
+    assert!(d.by_self, "decided by counting the three Go votes");
+    assert_eq!(d.tally, Some((3, 0)));
     assert_eq!(official(&node, "m1"), Some(false));
+    let f = tokio::time::timeout(Duration::from_secs(10), finals.next())
+        .await
+        .expect("a finalize")
+        .expect("message");
+    let f: ibp_wire::FinalizeMessage = ibp_wire::decode(&f.payload).expect("Go-shaped finalize");
+    assert_eq!(f.sender_node_id, "rust-monitor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_monitor_applies_a_captured_go_finalize() {
+    let (node, _server, raw) = rust_monitor_and_go_peers().await;
+    let mut rx = node.decisions();
+    replay_go_run(&raw, |s| s == "consensus.cluster").await;
     assert!(
         node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
             .await,
         "three Go monitors and itself"
     );
+    // Only the Go finalizes: nothing to count, the decision is learned.
+    replay_go_run(&raw, |s| s == "consensus.finalize").await;
+    let d = decision_for(&mut rx, "m1").await;
+    assert!(d.passed && !d.by_self, "learned from a Go finalize");
+    assert_eq!(d.finalizer, "monitor-go-1");
+    assert_eq!(official(&node, "m1"), Some(false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

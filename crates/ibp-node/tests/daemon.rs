@@ -353,6 +353,7 @@ fn check_config_accepts_the_go_fixtures() {
         let out = common::cmd()
             .args([
                 "check-config",
+                "--offline",
                 "--config",
                 &dir.join(f).display().to_string(),
                 "--role",

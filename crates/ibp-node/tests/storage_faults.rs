@@ -248,3 +248,59 @@ async fn a_durable_collator_counts_its_decisions_in_the_metrics() {
         m.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_says_when_a_migration_needs_a_privilege_the_user_lacks() {
+    let db = TestDatabase::create().await.expect("MariaDB");
+    // A Go collator's table, with the old key that must be widened, and a user who may
+    // read and write but not ALTER.
+    db.execute(
+        "CREATE TABLE member_events (id INT UNSIGNED NOT NULL AUTO_INCREMENT, check_type VARCHAR(24), check_name VARCHAR(64), \
+         endpoint VARCHAR(256), member_name VARCHAR(128), domain_name VARCHAR(128), status TINYINT, is_ipv6 TINYINT, \
+         start_time DATETIME NULL DEFAULT CURRENT_TIMESTAMP, end_time DATETIME NULL, error TEXT, vote_data LONGTEXT, \
+         additional_data LONGTEXT, PRIMARY KEY (id), \
+         UNIQUE KEY uniq_member_event (check_type, check_name, endpoint, member_name, domain_name, is_ipv6))",
+    )
+    .await
+    .expect("go table");
+    let user = format!("lim_{}", std::process::id());
+    db.execute(&format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
+        .await
+        .expect("user");
+    db.execute(&format!(
+        "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, INDEX ON `{}`.* TO '{user}'@'%'",
+        db.name
+    ))
+    .await
+    .expect("grant");
+    let host_and_db = db
+        .url
+        .rsplit_once('@')
+        .map(|(_, h)| h.to_string())
+        .unwrap_or_else(|| db.url.trim_start_matches("mysql://").to_string());
+    let url = format!("mysql://{user}:pw@{host_and_db}");
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("collator.json");
+    std::fs::write(
+        &cfg,
+        serde_json::json!({"IbpNode": {"role": "collator", "db": url, "node_id": "collator-1"}})
+            .to_string(),
+    )
+    .expect("config");
+    let out = common::cmd()
+        .args(["check-config", "--config", cfg.to_str().expect("utf-8")])
+        .output()
+        .expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = db.execute(&format!("DROP USER '{user}'@'%'")).await;
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("ALTER: no"), "{text}");
+    assert!(
+        text.contains("uniq_member_event") && text.contains("would fail"),
+        "{text}"
+    );
+}

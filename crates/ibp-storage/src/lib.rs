@@ -29,7 +29,7 @@ use sqlx::sqlite::{
 
 pub use dead_letters::DeadLetter;
 pub use events::{EventKey, EventWrite, OutageChange, StoredEvent};
-pub use migrate::{MigrationReport, Part};
+pub use migrate::{MigrationReport, Part, Pending, Privileges};
 pub use results::{OfficialWrite, ResultKind, StoredResult};
 pub use usage::{UsageFilter, UsageRow};
 

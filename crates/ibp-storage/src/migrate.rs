@@ -28,6 +28,28 @@ pub struct MigrationReport {
     pub warnings: Vec<String>,
 }
 
+/// A migration not applied yet, as `check-config` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Version.
+    pub version: i64,
+    /// What it does.
+    pub name: &'static str,
+    /// Whether it changes an existing table (needs ALTER), not only creates one.
+    pub alters: bool,
+    /// Whether the node starts without it (it is tried again at the next start).
+    pub optional: bool,
+}
+
+/// What the database user may do (MySQL `SHOW GRANTS`; SQLite files allow everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privileges {
+    /// CREATE (new tables).
+    pub create: bool,
+    /// ALTER (widen keys and columns of existing tables).
+    pub alter: bool,
+}
+
 struct Migration {
     version: i64,
     part: Part,
@@ -490,6 +512,110 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Migrations of `parts` not applied yet (nothing is changed), plus the one-time key
+    /// checks a Go database may still need.
+    pub async fn pending_migrations(&self, parts: &[Part]) -> Result<Vec<Pending>, StoreError> {
+        let applied: Vec<i64> = match self
+            .fetch(
+                "SELECT version FROM ibp_schema_migrations",
+                &[],
+                &[Col::Int],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r[0].int()).collect(),
+            // No bookkeeping table yet: nothing was applied.
+            Err(_) => Vec::new(),
+        };
+        let mut out: Vec<Pending> = MIGRATIONS
+            .iter()
+            .filter(|m| parts.contains(&m.part) && !applied.contains(&m.version))
+            .filter(|m| match self.backend {
+                Backend::Mysql => !m.mysql.is_empty(),
+                Backend::Sqlite => !m.sqlite.is_empty(),
+            })
+            .map(|m| Pending {
+                version: m.version,
+                name: m.name,
+                alters: match self.backend {
+                    Backend::Mysql => m.mysql.iter().any(|s| s.trim_start().starts_with("ALTER")),
+                    Backend::Sqlite => false,
+                },
+                optional: m.optional,
+            })
+            .collect();
+        if self.backend == Backend::Mysql {
+            if parts.contains(&Part::Usage) {
+                let cols = self
+                    .index_columns("requests", "uniq_traffic_dedupe")
+                    .await?;
+                if !cols.is_empty() && cols != USAGE_COLUMNS {
+                    out.push(Pending {
+                        version: 0,
+                        name: "widen requests.uniq_traffic_dedupe to the 9-column key",
+                        alters: true,
+                        optional: true,
+                    });
+                }
+            }
+            if parts.contains(&Part::Events) {
+                let old = self
+                    .index_columns("member_events", "uniq_member_event")
+                    .await?;
+                if !old.is_empty() && !old.iter().any(|c| c == "start_time") {
+                    out.push(Pending {
+                        version: 0,
+                        name: "widen member_events.uniq_member_event with start_time (one way: a Go collator writing afterwards inserts a row per finalize)",
+                        alters: true,
+                        optional: false,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the connected user may do to this database.
+    pub async fn privileges(&self) -> Result<Privileges, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(Privileges {
+                create: true,
+                alter: true,
+            });
+        }
+        let db = self
+            .fetch("SELECT CAST(DATABASE() AS CHAR)", &[], &[Col::OptText])
+            .await
+            .map_err(self.q("select database"))?
+            .first()
+            .and_then(|r| r[0].opt_text())
+            .unwrap_or_default();
+        let grants = self
+            .fetch("SHOW GRANTS", &[], &[Col::Text])
+            .await
+            .map_err(self.q("show grants"))?;
+        let mut p = Privileges {
+            create: false,
+            alter: false,
+        };
+        for g in grants.iter().map(|r| r[0].text().to_ascii_uppercase()) {
+            let Some((privs, rest)) = g.strip_prefix("GRANT ").and_then(|g| g.split_once(" ON "))
+            else {
+                continue;
+            };
+            let target = rest.split(" TO ").next().unwrap_or("").replace('`', "");
+            let ours = target.starts_with("*.*")
+                || target.starts_with(&format!("{}.", db.to_ascii_uppercase()));
+            if !ours {
+                continue;
+            }
+            let all = privs.contains("ALL PRIVILEGES");
+            p.create |= all || privs.split(',').any(|x| x.trim() == "CREATE");
+            p.alter |= all || privs.split(',').any(|x| x.trim() == "ALTER");
+        }
+        Ok(p)
     }
 
     /// Whether per-node usage replace is allowed (see [`MigrationReport::usage_key_ok`]).

@@ -30,6 +30,8 @@ pub enum ObservationResult {
     Unchanged,
     /// Recorded only: the proposal cap is reached (counted in the metrics).
     Recorded,
+    /// Not recorded: the member or check is not in this node's lists.
+    Unknown,
 }
 
 /// Official changes a monitor may hold before its writer catches up; past it, the core's
@@ -75,11 +77,16 @@ impl MonitorService {
                 .collect(),
             restore_local: local
                 .into_iter()
-                .map(|r| Observation {
-                    key: r.key,
-                    status: r.status,
-                    error_text: r.error_text,
-                    data: r.data,
+                .map(|r| {
+                    (
+                        Observation {
+                            key: r.key,
+                            status: r.status,
+                            error_text: r.error_text,
+                            data: r.data,
+                        },
+                        r.updated_at,
+                    )
                 })
                 .collect(),
             ..RoleServices::default()
@@ -205,6 +212,7 @@ impl MonitorService {
                 ObserveOutcome::Unchanged => ObservationResult::Unchanged,
                 ObserveOutcome::Proposed(ProposeOutcome::Refused) => ObservationResult::Recorded,
                 ObserveOutcome::Proposed(_) => ObservationResult::Proposed,
+                ObserveOutcome::Unknown => ObservationResult::Unknown,
             });
         }
         Ok(out)

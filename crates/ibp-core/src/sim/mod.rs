@@ -13,6 +13,16 @@
 //! * **bounded memory** — tracked proposals, vote buckets and known nodes never exceed
 //!   their caps.
 //!
+//! Mixed clusters add monitors that follow the Go rules ([`go`]: the library's HEAD and the
+//! v0.6.12 the Go monitor pins). Then the invariants are about the Rust nodes:
+//!
+//! * **no stale overwrite** — a Rust node never applies a decision over an official result
+//!   whose proposal it saw after this one's;
+//! * **floor** — with a quorum floor, a Rust node's official state only changes on a
+//!   decision it received at least `floor` agreeing votes for, whoever finalized it;
+//! * **support** and **convergence** as above, for the Rust nodes (a v0.6.12 monitor decides
+//!   with one vote, so without a floor one observation may be all that backs a result).
+//!
 //! Everything is derived from the seed, so a failing seed replays exactly
 //! (`IBP_SIM_SEED=<seed> cargo test -p ibp-core --test simulation -- --nocapture`).
 
@@ -25,6 +35,10 @@ use ibp_wire::{CheckType, Role};
 
 use crate::time::{Now, after};
 use crate::{CheckKey, CoreConfig, Effect, Engine, Input, Observation, Outbound, SelfInfo};
+
+pub mod go;
+
+pub use go::{GoMonitor, GoVersion};
 
 /// A small deterministic PRNG (SplitMix64): replays must not depend on a crate version.
 #[derive(Debug, Clone)]
@@ -94,6 +108,10 @@ pub struct SimConfig {
     pub check_interval: Duration,
     /// Print every event (for replaying a failing seed).
     pub trace: bool,
+    /// Monitors (the last ones) that follow the Go library's HEAD rules.
+    pub go_head: usize,
+    /// Monitors that follow the Go v0.6.12 rules.
+    pub go_v0612: usize,
 }
 
 impl SimConfig {
@@ -116,7 +134,25 @@ impl SimConfig {
             settle: Duration::from_secs(20 * 60),
             check_interval: Duration::from_secs(r.range(20, 90)),
             trace: false,
+            go_head: 0,
+            go_v0612: 0,
         }
+    }
+
+    /// A mixed cluster derived from `seed`: Rust monitors beside Go HEAD and Go v0.6.12
+    /// monitors (at least one Go and one Rust node), with or without the quorum floor.
+    pub fn mixed(seed: u64) -> SimConfig {
+        let mut cfg = SimConfig::random(seed);
+        let mut r = SimRng::new(seed ^ 0x600D_1B51);
+        let go = (r.range(1, 3) as usize).min(cfg.monitors - 1);
+        cfg.go_v0612 = r.below(go as u64 + 1) as usize;
+        cfg.go_head = go - cfg.go_v0612;
+        cfg
+    }
+
+    /// Number of Rust monitors (the first ones).
+    pub fn rust_monitors(&self) -> usize {
+        self.monitors - self.go_head - self.go_v0612
     }
 }
 
@@ -200,9 +236,64 @@ impl Ord for Queued {
     }
 }
 
+/// A simulated monitor: this project's engine or a Go-rule model.
+enum Brain {
+    Rust(Box<Engine>),
+    Go(Box<GoMonitor>),
+}
+
+impl Brain {
+    fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
+        match self {
+            Brain::Rust(e) => e.handle(input, now),
+            Brain::Go(g) => g.handle(input, now),
+        }
+    }
+
+    fn tick(&mut self, now: Now) -> Vec<Effect> {
+        match self {
+            Brain::Rust(e) => e.tick(now),
+            Brain::Go(g) => g.tick(now),
+        }
+    }
+
+    fn observe(&mut self, key: CheckKey, status: bool, now: Now) -> Vec<Effect> {
+        match self {
+            Brain::Rust(e) => match e.observe(Observation::new(key, status), now) {
+                Ok((_, fx)) => fx,
+                Err(_) => Vec::new(),
+            },
+            Brain::Go(g) => g.observe(key, status, now),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Now> {
+        match self {
+            Brain::Rust(e) => e.next_deadline(),
+            Brain::Go(g) => g.next_deadline(),
+        }
+    }
+
+    fn rust(&self) -> Option<&Engine> {
+        match self {
+            Brain::Rust(e) => Some(e),
+            Brain::Go(_) => None,
+        }
+    }
+}
+
 struct Node {
     id: String,
-    engine: Option<Engine>,
+    go: Option<GoVersion>,
+    engine: Option<Brain>,
+    /// Per proposal: when this node first saw it (since its last start).
+    seen: BTreeMap<String, Now>,
+    /// Per proposal: the voters whose agreeing votes reached this node (since its start).
+    agreed: BTreeMap<String, BTreeSet<String>>,
+    /// Per check: the proposal of its current official result (as the sim watched it).
+    current: BTreeMap<CheckKey, String>,
+    /// Nodes whose clean leave this node handled while they were down.
+    saw_leave: BTreeSet<String>,
     skew: TimeDelta,
     persisted: BTreeMap<CheckKey, ibp_wire::Proposal>,
     belief: Vec<Option<bool>>,
@@ -310,11 +401,24 @@ impl Sim {
     fn setup(&mut self) {
         let n = self.cfg.monitors;
         let skew_ms = self.cfg.max_skew.as_millis() as u64;
+        let rust = self.cfg.rust_monitors();
         for i in 0..n {
             let skew = self.rng.below(2 * skew_ms + 1) as i64 - skew_ms as i64;
+            let go = if i < rust {
+                None
+            } else if i < rust + self.cfg.go_head {
+                Some(GoVersion::Head)
+            } else {
+                Some(GoVersion::V0612)
+            };
             self.nodes.push(Node {
                 id: format!("monitor-{i}"),
+                go,
                 engine: None,
+                seen: BTreeMap::new(),
+                agreed: BTreeMap::new(),
+                current: BTreeMap::new(),
+                saw_leave: BTreeSet::new(),
                 skew: TimeDelta::milliseconds(skew),
                 persisted: BTreeMap::new(),
                 belief: vec![None; self.cfg.checks],
@@ -411,10 +515,46 @@ impl Sim {
                 }
                 self.report.delivered += 1;
                 let now = self.local_now(to);
+                let proposal_id = match input.as_ref() {
+                    Input::Proposal(p) => Some(p.id.clone()),
+                    _ => None,
+                };
+                match input.as_ref() {
+                    Input::Leave(m) => {
+                        let from = m.sender.node_id.clone();
+                        if self
+                            .nodes
+                            .iter()
+                            .any(|n| n.id == from && n.engine.is_none())
+                        {
+                            self.nodes[to].saw_leave.insert(from);
+                        }
+                    }
+                    Input::Vote(v) if v.agree => {
+                        self.nodes[to]
+                            .agreed
+                            .entry(v.proposal_id.clone())
+                            .or_default()
+                            .insert(v.node_id.clone());
+                    }
+                    _ => {}
+                }
                 let fx = match self.nodes[to].engine.as_mut() {
                     Some(e) => e.handle(*input, now),
                     None => return,
                 };
+                // What the node saw is what it tracked (a proposal refused by a cap is
+                // never seen by it).
+                if let Some(id) = proposal_id
+                    && self.nodes[to]
+                        .engine
+                        .as_ref()
+                        .and_then(Brain::rust)
+                        .and_then(Engine::consensus)
+                        .is_some_and(|c| c.tracked().contains_key(&id))
+                {
+                    self.nodes[to].seen.entry(id).or_insert(self.now);
+                }
                 self.effects(to, fx);
             }
             Ev::Wake { node } => {
@@ -511,7 +651,7 @@ impl Sim {
                 }
                 self.trace(|| format!("crash {} clean={clean}", self.nodes[node].id));
                 let now = self.local_now(node);
-                if let Some(mut e) = self.nodes[node].engine.take()
+                if let Some(Brain::Rust(mut e)) = self.nodes[node].engine.take()
                     && clean
                 {
                     let fx = e.leave(now);
@@ -554,25 +694,56 @@ impl Sim {
         }
         self.trace(|| format!("start {}", self.nodes[node].id));
         let id = self.nodes[node].id.clone();
-        let mut counter = 0u64;
         let prefix = format!("{id}-{}", self.rng.next_u64() % 1_000_000);
-        let ids = Box::new(move || {
-            counter += 1;
-            format!("{prefix}-{counter}")
-        });
-        let me = SelfInfo {
-            node_id: id,
-            ..SelfInfo::default()
-        };
-        let mut e = Engine::new(me, Role::Monitor, self.core.clone(), ids);
         let now = self.local_now(node);
-        if let Some(c) = e.consensus_mut() {
-            for p in self.nodes[node].persisted.values() {
-                c.restore_official(p.clone(), now);
-            }
+        // A restarted process remembers nothing of what it saw; its results come back from
+        // disk (Go: the official cache file).
+        self.nodes[node].seen.clear();
+        self.nodes[node].agreed.clear();
+        self.nodes[node].saw_leave.clear();
+        let me = self.nodes[node].id.clone();
+        for n in &mut self.nodes {
+            n.saw_leave.remove(&me);
         }
-        let fx = e.enable(now).unwrap_or_default();
-        self.nodes[node].engine = Some(e);
+        self.nodes[node].current = self.nodes[node]
+            .persisted
+            .iter()
+            .map(|(k, p)| (k.clone(), p.id.clone()))
+            .collect();
+        // Results restored from disk predate everything this process sees from now on.
+        let restored: Vec<String> = self.nodes[node].current.values().cloned().collect();
+        let started = self.now;
+        for id in restored {
+            self.nodes[node].seen.insert(id, started);
+        }
+        let (brain, fx) = match self.nodes[node].go {
+            None => {
+                let mut counter = 0u64;
+                let ids = Box::new(move || {
+                    counter += 1;
+                    format!("{prefix}-{counter}")
+                });
+                let me = SelfInfo {
+                    node_id: id,
+                    ..SelfInfo::default()
+                };
+                let mut e = Engine::new(me, Role::Monitor, self.core.clone(), ids);
+                if let Some(c) = e.consensus_mut() {
+                    for p in self.nodes[node].persisted.values() {
+                        c.restore_official(p.clone(), now, now);
+                    }
+                }
+                let fx = e.enable(now).unwrap_or_default();
+                (Brain::Rust(Box::new(e)), fx)
+            }
+            Some(v) => {
+                let mut g = GoMonitor::new(&id, v, prefix);
+                g.restore(&self.nodes[node].persisted);
+                let fx = g.enable(now);
+                (Brain::Go(Box::new(g)), fx)
+            }
+        };
+        self.nodes[node].engine = Some(brain);
         self.effects(node, fx);
         // The monitor's check loop; beliefs survive (they are re-observed at once).
         let first = after(
@@ -589,10 +760,7 @@ impl Sim {
         let now = self.local_now(node);
         let k = self.keys[key].clone();
         let fx = match self.nodes[node].engine.as_mut() {
-            Some(e) => match e.observe(Observation::new(k, status), now) {
-                Ok((_, fx)) => fx,
-                Err(_) => return,
-            },
+            Some(e) => e.observe(k, status, now),
             None => return,
         };
         self.effects(node, fx);
@@ -602,14 +770,35 @@ impl Sim {
         for e in fx {
             match e {
                 Effect::Publish(out) => {
-                    if matches!(out, Outbound::Finalize(_)) {
-                        self.report.decisions += 1;
+                    match &out {
+                        Outbound::Finalize(_) => self.report.decisions += 1,
+                        Outbound::Propose(p) => {
+                            self.nodes[node]
+                                .seen
+                                .entry(p.id.clone())
+                                .or_insert(self.now);
+                        }
+                        Outbound::Vote(v) if v.agree => {
+                            self.nodes[node]
+                                .agreed
+                                .entry(v.proposal_id.clone())
+                                .or_default()
+                                .insert(v.node_id.clone());
+                        }
+                        _ => {}
                     }
                     self.broadcast(node, out);
                 }
                 Effect::ApplyOfficial(change) => {
                     self.report.applies += 1;
-                    self.check_support(node, &change.key, change.status, &change.proposal.id);
+                    if self.nodes[node].go.is_none() {
+                        self.check_support(node, &change.key, change.status, &change.proposal.id);
+                        self.check_order(node, &change.key, &change.proposal.id);
+                        self.check_floor(node, &change.key, &change.proposal.id);
+                    }
+                    self.nodes[node]
+                        .current
+                        .insert(change.key.clone(), change.proposal.id.clone());
                     self.nodes[node]
                         .persisted
                         .insert(change.key, change.proposal);
@@ -618,6 +807,7 @@ impl Sim {
             }
         }
         self.check_caps(node);
+        self.check_left(node);
         self.schedule_wake(node);
     }
 
@@ -675,7 +865,7 @@ impl Sim {
     }
 
     fn check_caps(&mut self, node: usize) {
-        let Some(e) = &self.nodes[node].engine else {
+        let Some(e) = self.nodes[node].engine.as_ref().and_then(Brain::rust) else {
             return;
         };
         let c = e.counters();
@@ -724,7 +914,13 @@ impl Sim {
                 })
             })
             .collect();
-        let needed = self.core.min_quorum.unwrap_or(0).max(self.core.min_votes);
+        // A v0.6.12 monitor decides with one vote; without a floor a Rust node follows it.
+        let min_votes = if self.cfg.go_v0612 > 0 {
+            1
+        } else {
+            self.core.min_votes
+        };
+        let needed = self.core.min_quorum.unwrap_or(0).max(min_votes);
         if supporters.len() < needed {
             self.report.violations.push(format!(
                 "support: {} applied {key}={status} (proposal {pid}) observed by only {:?}, needs {needed}",
@@ -734,9 +930,72 @@ impl Sim {
         self.trace(|| format!("{} applies key{k}={status} ({pid})", self.nodes[node].id));
     }
 
+    /// A node that left cleanly stays gone on every Rust node that handled its leave, until it
+    /// restarts: nothing it sent before (a late vote or join), and no finalize naming it only
+    /// as a proposer (v0.6.12), brings it back.
+    fn check_left(&mut self, node: usize) {
+        let n = &self.nodes[node];
+        if n.saw_leave.is_empty() {
+            return;
+        }
+        let Some(e) = n.engine.as_ref().and_then(Brain::rust) else {
+            return;
+        };
+        let now = self.local_now(node);
+        for (m, active) in e.membership().members(now) {
+            if active && n.saw_leave.contains(&m.node_id) {
+                let v = format!(
+                    "leave: {} counts {} as active after its clean leave",
+                    n.id, m.node_id
+                );
+                self.report.violations.push(v);
+            }
+        }
+    }
+
+    /// A Rust node never replaces an official result with a decision about a proposal it
+    /// saw before the one behind that result.
+    fn check_order(&mut self, node: usize, key: &CheckKey, pid: &str) {
+        let n = &self.nodes[node];
+        let Some(cur) = n.current.get(key) else {
+            return;
+        };
+        if let (Some(new), Some(old)) = (n.seen.get(pid), n.seen.get(cur))
+            && new < old
+        {
+            let v = format!(
+                "order: {} applied {pid} over {cur} for {key}, though it saw {pid} first",
+                n.id
+            );
+            self.report.violations.push(v);
+        }
+    }
+
+    /// With a floor, a Rust node applies only decisions it received enough agreeing votes
+    /// for, whoever finalized them (a one-vote v0.6.12 monitor, a minority partition).
+    fn check_floor(&mut self, node: usize, key: &CheckKey, pid: &str) {
+        let Some(floor) = self.core.min_quorum else {
+            return;
+        };
+        let n = &self.nodes[node];
+        let got = n.agreed.get(pid).map(BTreeSet::len).unwrap_or(0);
+        if got < floor {
+            let v = format!(
+                "floor: {} applied {pid} for {key} with {got} agreeing votes, floor {floor}",
+                n.id
+            );
+            self.report.violations.push(v);
+        }
+    }
+
     fn check_convergence(&mut self) {
-        for n in &self.nodes {
-            let Some(cons) = n.engine.as_ref().and_then(Engine::consensus) else {
+        for n in self.nodes.iter().filter(|n| n.go.is_none()) {
+            let Some(cons) = n
+                .engine
+                .as_ref()
+                .and_then(Brain::rust)
+                .and_then(Engine::consensus)
+            else {
                 self.report
                     .violations
                     .push(format!("convergence: {} is not running at the end", n.id));
