@@ -14,7 +14,7 @@ use crate::cluster::{Clock, Node, NodeOptions, SystemClock};
 use crate::config::NodeConfig;
 use crate::http::{AppState, serve};
 use crate::ibp_config::SharedIbpConfig;
-use crate::roles::{CollatorService, DnsService, MonitorService, StorageHealth};
+use crate::roles::{ChecksService, CollatorService, DnsService, MonitorService, StorageHealth};
 
 /// Why a node could not start. The message is one line, naming the cause.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,9 @@ pub enum StartError {
     /// JetStream could not be set up.
     #[error("jetstream: {0}")]
     JetStream(String),
+    /// The built-in checks cannot run (no trust store, a bad CA file).
+    #[error("checks: {0}")]
+    Checks(String),
 }
 
 /// A running node.
@@ -53,6 +56,8 @@ pub struct App {
     pub dns: Option<DnsService>,
     /// Collator services (collator role).
     pub collator: Option<CollatorService>,
+    /// Built-in checks (monitors with enabled `Checks`).
+    pub checks: Option<ChecksService>,
     /// The member and service lists.
     pub ibp_config: SharedIbpConfig,
     store: Store,
@@ -116,6 +121,37 @@ impl App {
             cfg.work_dir.clone(),
             abandon_rx,
         );
+
+        let ibp_config = ibp.unwrap_or_else(|| {
+            SharedIbpConfig::with_limits(crate::ibp_config::FetchLimits {
+                max_bytes: cfg.lists_max_bytes,
+                timeout: cfg.lists_timeout,
+            })
+        });
+        if ibp_config.get().is_none()
+            && let (Some(m), Some(s)) = (
+                cfg.config_urls.get("MembersConfig"),
+                cfg.config_urls.get("ServicesConfig"),
+            )
+        {
+            tasks.push(ibp_config.spawn_reloader(
+                m.clone(),
+                s.clone(),
+                cfg.config_reload,
+                stop.subscribe(),
+            ));
+        }
+        let checks = if cfg.role == Role::Monitor && cfg.run_checks {
+            Some(
+                ChecksService::new(
+                    cfg.checker.clone(),
+                    cfg.checks.iter().map(|c| c.spec()).collect(),
+                )
+                .map_err(StartError::Checks)?,
+            )
+        } else {
+            None
+        };
 
         let (monitor, dns, collator, services, official_rx, decision_rx) = match cfg.role {
             Role::Monitor => {
@@ -199,26 +235,6 @@ impl App {
                 .watch(Duration::from_secs(10), stop.subscribe()),
         ));
 
-        let ibp_config = ibp.unwrap_or_else(|| {
-            SharedIbpConfig::with_limits(crate::ibp_config::FetchLimits {
-                max_bytes: cfg.lists_max_bytes,
-                timeout: cfg.lists_timeout,
-            })
-        });
-        if ibp_config.get().is_none()
-            && let (Some(m), Some(s)) = (
-                cfg.config_urls.get("MembersConfig"),
-                cfg.config_urls.get("ServicesConfig"),
-            )
-        {
-            tasks.push(ibp_config.spawn_reloader(
-                m.clone(),
-                s.clone(),
-                cfg.config_reload,
-                stop.subscribe(),
-            ));
-        }
-
         if cfg.role == Role::Monitor {
             // Once the lists are loaded, decisions about members or checks this node does
             // not know are not applied (as Go monitors skip them), and strangers cannot make
@@ -247,11 +263,20 @@ impl App {
                 }
             }));
         }
+        if let (Some(c), Some(m)) = (&checks, &monitor) {
+            tasks.push(tokio::spawn(c.clone().run(
+                node.clone(),
+                m.clone(),
+                ibp_config.clone(),
+                stop.subscribe(),
+            )));
+        }
         let state = AppState {
             node: node.clone(),
             monitor: monitor.clone(),
             dns: dns.clone(),
             collator: collator.clone(),
+            checks: checks.clone(),
         };
         let (http_stop, rx) = watch::channel(false);
         let http_task = tokio::spawn(async move {
@@ -266,6 +291,7 @@ impl App {
             monitor,
             dns,
             collator,
+            checks,
             ibp_config,
             store,
             stop,

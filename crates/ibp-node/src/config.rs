@@ -95,6 +95,20 @@ pub struct CheckDef {
     pub extra_options: Value,
 }
 
+impl CheckDef {
+    /// The check as the checker takes it.
+    pub fn spec(&self) -> ibp_checks::CheckSpec {
+        ibp_checks::CheckSpec {
+            name: self.name.clone(),
+            enabled: self.enabled,
+            check_type: self.check_type,
+            minimum_interval: self.minimum_interval,
+            timeout: self.timeout,
+            options: self.extra_options.clone(),
+        }
+    }
+}
+
 /// This project's own section, `IbpNode`, in the same file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -121,6 +135,8 @@ pub struct IbpSection {
     pub monitor: Option<MonitorSection>,
     /// Security settings (reserved for signed messages and trust lists).
     pub security: Option<Value>,
+    /// Built-in checks (monitors).
+    pub checks: Option<ChecksSection>,
     /// Log format: `pretty` or `json`.
     pub log_format: Option<String>,
     /// How long a clean shutdown may take to write what the node accepted (`60s`).
@@ -146,6 +162,30 @@ impl Default for ListsSection {
             timeout: "30s".into(),
         }
     }
+}
+
+/// Built-in check settings (`IbpNode.checks`); the checks themselves are the Go `Checks`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChecksSection {
+    /// Run the enabled `Checks` (default true; false: observations only come over HTTP).
+    pub enabled: Option<bool>,
+    /// Checks running at once (default `CheckWorkers.numWorkers`, else 64).
+    pub max_in_flight: Option<usize>,
+    /// Checks running at once against one member IP (8).
+    pub max_per_host: Option<usize>,
+    /// Re-checks of a changed result before it is reported (0: off).
+    pub confirm_count: Option<u32>,
+    /// Spacing of those re-checks (`2s`).
+    pub confirm_spacing: Option<String>,
+    /// A wss/ethrpc head unchanged this long fails (off unless set, e.g. `2m`).
+    pub stall_after: Option<String>,
+    /// A head this many blocks behind the chain's best fails (off unless set).
+    pub max_lag_blocks: Option<u64>,
+    /// An extra trusted CA file (PEM) for TLS checks.
+    pub ca_file: Option<PathBuf>,
+    /// Longest wait for a peer monitor before the first round (`3s`).
+    pub warm_up: Option<String>,
 }
 
 /// Extra NATS options beyond the Go `Nats` section.
@@ -268,6 +308,8 @@ pub struct FileConfig {
     pub role_api: BTreeMap<Role, String>,
     /// `Checks`.
     pub checks: Vec<CheckDef>,
+    /// `CheckWorkers.numWorkers`.
+    pub check_workers: Option<i64>,
     /// `IbpNode`.
     pub ibp: IbpSection,
 }
@@ -388,6 +430,18 @@ impl FileConfig {
                 }
             }
         }
+        if let Some(w) = get(&root, "CheckWorkers") {
+            c.check_workers = match get(w, "numWorkers") {
+                None => None,
+                Some(Value::Number(n)) => n.as_i64(),
+                Some(other) => {
+                    return Err(cerr(
+                        "CheckWorkers.numWorkers",
+                        format!("expected a number, got {other}"),
+                    ));
+                }
+            };
+        }
         if let Some(checks) = get(&root, "Checks") {
             let arr = checks
                 .as_array()
@@ -405,7 +459,8 @@ impl FileConfig {
                 })?;
                 c.checks.push(CheckDef {
                     name,
-                    enabled: get_u64(ch, &sec, "Enabled")?.unwrap_or(0) != 0,
+                    // Only exactly 1 is scheduled, as in the Go monitor.
+                    enabled: get_u64(ch, &sec, "Enabled")?.unwrap_or(0) == 1,
                     check_type,
                     timeout: get_u64(ch, &sec, "Timeout")?.unwrap_or(30),
                     minimum_interval: get_u64(ch, &sec, "MinimumInterval")?.unwrap_or(60),
@@ -491,6 +546,10 @@ pub struct NodeConfig {
     pub flush_interval: Duration,
     /// Monitor reconcile period.
     pub reconcile_interval: Duration,
+    /// Built-in checks: whether they run, and their settings.
+    pub run_checks: bool,
+    /// Settings of the checker.
+    pub checker: ibp_checks::CheckerSettings,
     /// Log level from the file (`RUST_LOG` wins).
     pub log_level: Option<String>,
     /// Log format from the file (the flag wins).
@@ -709,6 +768,42 @@ impl NodeConfig {
                 "must be positive",
             ));
         }
+        let cs = ibp.checks.clone().unwrap_or_default();
+        let mut checker =
+            ibp_checks::CheckerSettings::default().with_go_workers(file.check_workers);
+        if let Some(n) = cs.max_in_flight {
+            if n == 0 {
+                return Err(cerr("IbpNode.checks.max_in_flight", "must be positive"));
+            }
+            checker.max_in_flight = n;
+        }
+        if let Some(n) = cs.max_per_host {
+            if n == 0 {
+                return Err(cerr("IbpNode.checks.max_per_host", "must be positive"));
+            }
+            checker.max_per_host = n;
+        }
+        if let Some(n) = cs.confirm_count {
+            checker.confirm_count = n;
+        }
+        if let Some(d) = &cs.confirm_spacing {
+            checker.confirm_spacing = duration("IbpNode.checks.confirm_spacing", d)?;
+        }
+        if let Some(d) = &cs.stall_after {
+            checker.stall_after = Some(duration("IbpNode.checks.stall_after", d)?);
+        }
+        checker.max_lag_blocks = cs.max_lag_blocks;
+        checker.ca_file = cs.ca_file.clone();
+        if let Some(d) = &cs.warm_up {
+            checker.warm_up = duration("IbpNode.checks.warm_up", d)?;
+        }
+        for (i, c) in file.checks.iter().enumerate() {
+            ibp_checks::spec::validate(&c.spec()).map_err(|e| {
+                let (field, reason) = e.split_once(": ").unwrap_or((&e, ""));
+                cerr(format!("Checks[{i}].{field}"), reason)
+            })?;
+        }
+        let run_checks = cs.enabled.unwrap_or(true) && file.checks.iter().any(|c| c.enabled);
         let shutdown_grace = duration(
             "IbpNode.shutdown_grace",
             ibp.shutdown_grace.as_deref().unwrap_or("60s"),
@@ -767,6 +862,8 @@ impl NodeConfig {
             lists_timeout,
             node_id_source: id_field,
             node_id_file,
+            run_checks,
+            checker,
         })
     }
 }

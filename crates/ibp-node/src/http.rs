@@ -29,6 +29,8 @@ pub struct AppState {
     pub dns: Option<DnsService>,
     /// Collator services (collator role).
     pub collator: Option<CollatorService>,
+    /// Built-in checks (monitors that run them).
+    pub checks: Option<crate::roles::ChecksService>,
 }
 
 /// Most observations or hits accepted in one request.
@@ -60,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/checks", get(checks))
         .route("/v1/cluster", get(cluster))
         .route("/v1/proposals", get(proposals))
         .route("/v1/official", get(official))
@@ -135,6 +138,26 @@ async fn livez() -> Response {
 #[derive(serde::Deserialize)]
 struct LimitQuery {
     limit: Option<u32>,
+}
+
+/// Every check unit with its last result, latency, next run and error.
+async fn checks(State(s): State<AppState>) -> Response {
+    match &s.checks {
+        Some(c) => {
+            let units = c.view();
+            let down = units
+                .iter()
+                .filter(|u| u.last.as_ref().is_some_and(|l| !l.status))
+                .count();
+            axum::Json(json!({ "units": units.len(), "down": down, "checks": units })).into_response()
+        }
+        None if s.monitor.is_some() => axum::Json(json!({
+            "units": 0, "down": 0, "checks": [],
+            "note": "built-in checks are off: no enabled Checks in the config, or IbpNode.checks.enabled is false"
+        }))
+        .into_response(),
+        None => not_for_role(&s.node, "/v1/checks"),
+    }
 }
 
 async fn dead_letters(State(s): State<AppState>, Query(q): Query<LimitQuery>) -> Response {

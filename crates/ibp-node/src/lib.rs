@@ -12,6 +12,7 @@
 pub mod app;
 pub mod cluster;
 pub mod collectors;
+pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod demo;

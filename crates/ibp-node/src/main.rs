@@ -43,6 +43,9 @@ enum Command {
     Downtime(DowntimeArgs),
     /// Validate a config file and print what the node would run with.
     CheckConfig(CheckArgs),
+    /// Run the matching checks of a monitor config once, now, and explain each verdict.
+    /// Exit status: 0 all up, 2 some down, 1 could not run.
+    Check(CheckCmdArgs),
     /// Run a demo cluster (3 monitors, 2 DNS nodes, 1 collator) on a private nats-server.
     Demo(ibp_node::demo::DemoArgs),
 }
@@ -70,6 +73,25 @@ struct RunArgs {
     /// Working directory (default: System.WorkDir, else ./ibp-data).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckCmdArgs {
+    /// A monitor config (Go `Checks`, `System.ConfigUrls`, optional `IbpNode.checks`).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only this member (Details.Name).
+    #[arg(long)]
+    member: Option<String>,
+    /// Only this service (its key in the service list).
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this check (ping, ssl, wss, ethrpc); runs even when disabled in the config.
+    #[arg(long = "type")]
+    check: Option<String>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -344,6 +366,40 @@ async fn check_config(a: CheckArgs) -> Result<()> {
     Ok(())
 }
 
+async fn check(a: CheckCmdArgs) -> Result<ExitCode> {
+    init_logs(None, "warn");
+    let file = FileConfig::load(&a.config)?;
+    let cfg = NodeConfig::resolve(
+        &file,
+        &Overrides {
+            role: Some("monitor".into()),
+            ..Overrides::default()
+        },
+    )?;
+    let sel = ibp_node::commands::check::Selection {
+        member: a.member,
+        service: a.service,
+        check: a.check,
+    };
+    let lines = tokio::time::timeout(
+        ibp_node::commands::check::deadline(&cfg),
+        ibp_node::commands::check::run(&cfg, &sel),
+    )
+    .await
+    .map_err(|_| anyhow!("the checks did not finish in time"))?
+    .map_err(|e| anyhow!(e))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    } else {
+        print!("{}", ibp_node::commands::check::render(&lines));
+    }
+    Ok(if lines.iter().all(|l| l.status) {
+        ExitCode::from(ibp_node::commands::check::ALL_UP as u8)
+    } else {
+        ExitCode::from(ibp_node::commands::check::SOME_DOWN as u8)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -356,17 +412,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r = rt.block_on(async {
+    let r: Result<ExitCode> = rt.block_on(async {
+        let ok = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.command {
-            Command::Run(a) => run(a, cli.log_format).await,
-            Command::Usage(a) => usage(a).await,
-            Command::Downtime(a) => downtime(a).await,
-            Command::CheckConfig(a) => check_config(a).await,
-            Command::Demo(a) => ibp_node::demo::run(a).await.map_err(|e| anyhow!(e)),
+            Command::Run(a) => ok(run(a, cli.log_format).await),
+            Command::Usage(a) => ok(usage(a).await),
+            Command::Downtime(a) => ok(downtime(a).await),
+            Command::CheckConfig(a) => ok(check_config(a).await),
+            Command::Demo(a) => ok(ibp_node::demo::run(a).await.map_err(|e| anyhow!(e))),
+            Command::Check(a) => check(a).await,
         }
     });
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ibp-node: {e:#}");
             ExitCode::FAILURE

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// Things a node ignored or held on purpose, by reason (stray replies, held finalizes,
     /// unknown checks, …).
     pub ignored: Family<Labels, Counter>,
+    /// Duration of built-in checks, by check.
+    pub check_duration: Family<Labels, Histogram>,
+    /// Built-in check results, by check and outcome.
+    pub checks: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +109,10 @@ impl Metrics {
             dead_letters: Family::default(),
             write_queue: Family::default(),
             ignored: Family::default(),
+            check_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 18))
+            }),
+            checks: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -201,6 +209,16 @@ impl Metrics {
                 "write_queue_depth",
                 "Items waiting to be written, by writer",
                 m.write_queue.clone(),
+            );
+            r.register(
+                "check_duration_seconds",
+                "Duration of built-in checks, by check",
+                m.check_duration.clone(),
+            );
+            r.register(
+                "checks",
+                "Built-in check results, by check and outcome",
+                m.checks.clone(),
             );
             r.register(
                 "ignored",
@@ -347,6 +365,19 @@ impl Metrics {
         self.write_queue
             .get_or_create(&vec![("writer", writer.to_string())])
             .set(n as i64);
+    }
+
+    /// Records one check's result.
+    pub fn checked(&self, check: &str, ok: bool, took: std::time::Duration) {
+        self.check_duration
+            .get_or_create(&vec![("check", check.to_string())])
+            .observe(took.as_secs_f64());
+        self.checks
+            .get_or_create(&vec![
+                ("check", check.to_string()),
+                ("outcome", if ok { "up" } else { "down" }.to_string()),
+            ])
+            .inc();
     }
 
     /// Counts something ignored or held on purpose.

@@ -14,6 +14,7 @@ mod mysql;
 mod nats;
 mod seed;
 
+pub mod endpoints;
 pub use mysql::{Session, TestDatabase};
 pub use nats::{
     Auth, ClientAuth, HarnessError, NatsCluster, NatsServer, ServerOptions, nats_server_bin,

@@ -2,11 +2,13 @@
 //! speaking the protocol — storage, observations, hit counting, outage records, hourly
 //! usage collection.
 
+mod checks;
 mod collator;
 mod dns;
 mod monitor;
 mod writes;
 
+pub use checks::{CheckView, ChecksService, LastView, observation, run_once};
 pub use collator::{CollatorService, CollectReport};
 pub use dns::{DnsService, Hit, HitError, HitLimits};
 pub use monitor::{MonitorService, ObservationResult, results_snapshot};

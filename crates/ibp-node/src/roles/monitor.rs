@@ -218,6 +218,25 @@ impl MonitorService {
         Ok(out)
     }
 
+    /// Stores one local result (a check's), as `observe` does for posted ones.
+    pub async fn record_local(
+        &self,
+        obs: &Observation,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .save_results(&[StoredResult {
+                kind: ResultKind::Local,
+                key: obs.key.clone(),
+                status: obs.status,
+                error_text: obs.error_text.clone(),
+                data: obs.data.clone(),
+                proposal: None,
+                updated_at: at,
+            }])
+            .await
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

@@ -2,9 +2,13 @@
 //!
 //! It starts a private `nats-server` on a free loopback port, then 3 monitors, 2 DNS nodes
 //! and 1 collator (SQLite files in a temporary directory), with the real IBP member and
-//! service lists, and plays a script: a member's endpoint goes down as seen by 2 of the 3
-//! monitors, consensus marks it offline, it recovers, consensus marks it online; the DNS
-//! nodes count hits; the collator records the outage and collects usage.
+//! service lists, and plays a script. One member's endpoint is served by a fake Substrate
+//! node on loopback ([`endpoint`]); the monitors run their real `wss` check against it
+//! (and against nothing else: no traffic leaves the machine). The node loses its peers,
+//! every check fails, consensus marks the endpoint offline; it recovers, consensus marks it
+//! online; the DNS nodes count hits; the collator records the outage and collects usage.
+
+mod endpoint;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -13,20 +17,20 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ibp_core::{CheckKey, Decision, Observation};
-use ibp_wire::{CheckType, Data, DowntimeRequest, Role, WireTime};
+use ibp_core::{CheckKey, Decision};
+use ibp_wire::{CheckType, DowntimeRequest, Role, WireTime};
 
 use crate::app::App;
 use crate::collectors;
-use crate::config::{FileConfig, NodeConfig, Overrides};
+use crate::config::{CheckDef, FileConfig, NodeConfig, Overrides};
 use crate::ibp_config::{IbpConfig, SharedIbpConfig, host_of};
 use crate::roles::Hit;
 
 /// The member list the demo is built from (public `ibp-network/config`, Apache-2.0).
 pub const MEMBERS_JSON: &str =
-    include_str!("../../../fixtures/ibp-config/members_professional.json");
+    include_str!("../../../../fixtures/ibp-config/members_professional.json");
 /// The service list the demo is built from.
-pub const SERVICES_JSON: &str = include_str!("../../../fixtures/ibp-config/services_rpc.json");
+pub const SERVICES_JSON: &str = include_str!("../../../../fixtures/ibp-config/services_rpc.json");
 
 /// Demo options.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -153,8 +157,11 @@ async fn decision_for(
     let wait = async {
         loop {
             match rx.recv().await {
+                // A proposal can fail when it reaches monitors whose own check has not
+                // yet seen the change; the one that passes is the decision.
                 Ok(d)
-                    if CheckKey::of(&d.proposal) == *key
+                    if d.passed
+                        && CheckKey::of(&d.proposal) == *key
                         && d.proposal.proposed_status == status =>
                 {
                     return Ok(d);
@@ -174,6 +181,124 @@ fn fmt_latency(d: &Decision) -> String {
     d.latency
         .map(|l| format!("{:.2} ms", l.as_secs_f64() * 1000.0))
         .unwrap_or_else(|| "?".into())
+}
+
+/// The peers the demo's `wss` check asks for.
+const MIN_PEERS: u64 = 5;
+
+/// The built-in `wss` check, fast enough for a demo: every 2 s, a changed result confirmed
+/// once 200 ms later before it is proposed.
+fn with_checks(cfg: &mut NodeConfig) {
+    cfg.checks = vec![CheckDef {
+        name: "wss".into(),
+        enabled: true,
+        check_type: CheckType::Endpoint,
+        timeout: 5,
+        minimum_interval: 2,
+        extra_options: serde_json::json!({"ConnectTimeout": 2, "ReadTimeout": 2, "MinimumPeers": MIN_PEERS}),
+    }];
+    cfg.run_checks = true;
+    cfg.checker.confirm_count = 1;
+    cfg.checker.confirm_spacing = Duration::from_millis(200);
+}
+
+/// The lists the monitors check: only `member`, at 127.0.0.1, serving `service` at `url`.
+fn monitor_lists(
+    ibp: &IbpConfig,
+    member: &str,
+    service: &str,
+    url: &str,
+) -> Result<IbpConfig, String> {
+    let mut m = ibp.member(member).ok_or("member vanished")?.clone();
+    m.ipv4 = "127.0.0.1".into();
+    m.ipv6 = String::new();
+    let mut s = ibp.services.get(service).ok_or("service vanished")?.clone();
+    s.rpc_urls = vec![url.to_string()];
+    let mut out = IbpConfig::default();
+    out.members.insert(m.name.clone(), m);
+    out.services.insert(s.name.clone(), s);
+    Ok(out)
+}
+
+/// Runs every monitor's checks now instead of at their next slot.
+fn run_checks_now(monitors: &[&App]) {
+    for m in monitors {
+        if let Some(c) = &m.checks {
+            c.checker().run_now(|_| true);
+        }
+    }
+}
+
+/// Waits until every monitor holds `status` as the official result of `key`.
+async fn wait_official(monitors: &[&App], key: &CheckKey, status: bool) -> Result<(), String> {
+    for m in monitors {
+        let ok = m
+            .node
+            .wait_until(
+                |n| {
+                    n.official()
+                        .iter()
+                        .any(|(k, o)| k == key && o.status == status)
+                },
+                Duration::from_secs(15),
+            )
+            .await;
+        if !ok {
+            return Err(format!(
+                "{} did not apply the {} decision on {key}",
+                m.node.id(),
+                if status { "online" } else { "offline" }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The last result of `key`'s check on `app`, for the narration.
+fn last_check(app: &App, key: &CheckKey) -> String {
+    let Some(checks) = &app.checks else {
+        return "no checks".into();
+    };
+    checks
+        .view()
+        .into_iter()
+        .find(|v| v.member == key.member_name && v.endpoint == key.endpoint)
+        .and_then(|v| v.last)
+        .map(|l| {
+            if l.status {
+                format!("healthy in {} ms", l.latency_ms)
+            } else {
+                format!("\"{}\" after {} ms", l.error_text, l.latency_ms)
+            }
+        })
+        .unwrap_or_else(|| "not run yet".into())
+}
+
+/// How many monitors agreed, as the finalizer counted them.
+fn agreeing(d: &Decision) -> usize {
+    d.tally.map(|(yes, _)| yes).unwrap_or_else(|| {
+        d.votes
+            .as_ref()
+            .map(|v| v.values().filter(|a| **a).count())
+            .unwrap_or(0)
+    })
+}
+
+/// The passed decision on `key` as its finalizer made it (with the finalizer's tally and
+/// latency), from decision streams subscribed before the change.
+async fn decided(
+    watches: &mut [(String, tokio::sync::broadcast::Receiver<Decision>)],
+    key: &CheckKey,
+    status: bool,
+) -> Result<Decision, String> {
+    let first = decision_for(&mut watches[0].1, key, status).await?;
+    if first.by_self {
+        return Ok(first);
+    }
+    match watches.iter_mut().find(|(id, _)| *id == first.finalizer) {
+        Some((_, rx)) => decision_for(rx, key, status).await,
+        None => Ok(first),
+    }
 }
 
 /// Runs the demo.
@@ -216,6 +341,17 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         ibp.members.len(),
         ibp.services.len()
     ));
+    let fake = {
+        let s = ibp.services.get(&service).ok_or("service vanished")?;
+        endpoint::FakeNode::start(&s.network_name, &s.state_root_hash, 24).await?
+    };
+    let target = ibp_checks::target::parse_check_target(&endpoint, "wss")?;
+    let checked_url = format!("ws://{domain}:{}{}", fake.addr.port(), target.request_uri);
+    t.say(format!(
+        "the monitors check only {member}'s {service} endpoint, as {checked_url}: a fake Substrate node on {} stands in for it",
+        fake.addr
+    ));
+    let checked = SharedIbpConfig::fixed(monitor_lists(&ibp, &member, &service, &checked_url)?);
     let shared = SharedIbpConfig::fixed(ibp);
 
     let mut apps: Vec<App> = Vec::new();
@@ -228,11 +364,17 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         (Role::Collator, "collator-1"),
     ];
     for (role, id) in layout {
-        let cfg = node_config(role, id, &url, dir.path())?;
+        let mut cfg = node_config(role, id, &url, dir.path())?;
+        let lists = if role == Role::Monitor {
+            with_checks(&mut cfg);
+            checked.clone()
+        } else {
+            shared.clone()
+        };
         let app = App::start_with(
             cfg,
             std::sync::Arc::new(crate::cluster::SystemClock::new()),
-            Some(shared.clone()),
+            Some(lists),
         )
         .await
         .map_err(|e| format!("{id}: {e}"))?;
@@ -265,92 +407,48 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         "wss",
         member.clone(),
         domain.clone(),
-        endpoint.clone(),
+        checked_url.clone(),
         false,
     );
-    let obs = |status: bool, err: &str| Observation {
-        key: key.clone(),
-        status,
-        error_text: err.to_string(),
-        data: Data::from_value(
-            &serde_json::json!({"Network": service, "PeerCount": if status { 24 } else { 0 }}),
-        ),
-    };
     let (m1, m2, m3) = (&apps[0], &apps[1], &apps[2]);
-    // The proposer's view: its latency runs from publishing the proposal to deciding.
-    let mut watch = m1.node.decisions();
+    let monitors = [m1, m2, m3];
     let mut decisions = Vec::new();
 
-    // Baseline: everyone sees the endpoint up; the first observation makes it official.
-    for m in [m2, m3] {
-        m.monitor
-            .as_ref()
-            .ok_or("monitor")?
-            .observe(&m.node, vec![obs(true, "")])
-            .await
-            .ok();
-    }
-    m1.monitor
-        .as_ref()
-        .ok_or("monitor")?
-        .observe(&m1.node, vec![obs(true, "")])
-        .await?;
-    let d = decision_for(&mut watch, &key, true).await?;
+    // Baseline: the monitors' first checks pass and the first proposal makes it official.
+    wait_official(&monitors, &key, true).await?;
     t.say(format!(
-        "baseline: consensus marks the endpoint ONLINE ({} agree, {})",
-        d.votes
-            .as_ref()
-            .map(|v| v.values().filter(|a| **a).count())
-            .unwrap_or(0),
-        fmt_latency(&d)
+        "baseline: every monitor's wss check passes ({}); consensus marks the endpoint ONLINE",
+        last_check(m1, &key)
     ));
 
-    // The outage: monitors 1 and 2 see it down, monitor 3 still sees it up.
+    // The outage: the node loses its peers; every monitor's check sees it.
+    let watch = || {
+        monitors
+            .iter()
+            .map(|m| (m.node.id().to_string(), m.node.decisions()))
+            .collect::<Vec<_>>()
+    };
+    let mut watches = watch();
+    let changed = Instant::now();
+    fake.set_peers(2);
     t.say(format!(
-        "{member}'s endpoint fails: monitor-1 and monitor-2 see it down, monitor-3 still sees it up"
+        "{member}'s node drops to 2 peers (the wss check wants at least {MIN_PEERS})"
     ));
-    // monitor-2's check result is recorded first, so it agrees when monitor-1 proposes.
-    m2.node
-        .set_local(obs(false, "connection refused"))
-        .await
-        .map_err(|e| e.to_string())?;
-    m1.monitor
-        .as_ref()
-        .ok_or("monitor")?
-        .observe(&m1.node, vec![obs(false, "connection refused")])
-        .await?;
-    let d_off = decision_for(&mut watch, &key, false).await?;
+    run_checks_now(&monitors);
+    let d_off = decided(&mut watches, &key, false).await?;
+    let off_after = changed.elapsed();
     t.say(format!(
-        "consensus: OFFLINE passed={} (2 of 3 monitors agree) in {}",
-        d_off.passed,
-        fmt_latency(&d_off)
+        "consensus: OFFLINE ({} of 3 monitors agree), finalized by {} {:.0} ms after the change (its check confirms a change once, 200 ms later, before proposing)",
+        agreeing(&d_off),
+        d_off.finalizer,
+        off_after.as_secs_f64() * 1000.0,
     ));
     decisions.push(("offline", d_off.clone()));
-    for m in [m1, m2, m3] {
-        let st = m
-            .node
-            .official()
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, o)| o.status);
-        if st != Some(false) {
-            // The other monitors' finalizes are a round trip away; wait for them.
-            let ok = m
-                .node
-                .wait_until(
-                    |n| n.official().iter().any(|(k, o)| *k == key && !o.status),
-                    Duration::from_secs(5),
-                )
-                .await;
-            if !ok {
-                return Err(format!(
-                    "{} did not apply the offline decision",
-                    m.node.id()
-                ));
-            }
-        }
-    }
-    t.say("every monitor's official result: OFFLINE (Go DNS nodes polling /results would stop answering with it)");
+    wait_official(&monitors, &key, false).await?;
+    t.say(format!(
+        "every monitor's official result: OFFLINE; monitor-1's check says: {}",
+        last_check(m1, &key)
+    ));
 
     // DNS traffic.
     let countries = [
@@ -388,21 +486,19 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
 
     // Recovery.
-    t.say("the endpoint recovers: monitor-1 and monitor-2 see it up again");
-    m2.node
-        .set_local(obs(true, ""))
-        .await
-        .map_err(|e| e.to_string())?;
-    m1.monitor
-        .as_ref()
-        .ok_or("monitor")?
-        .observe(&m1.node, vec![obs(true, "")])
-        .await?;
-    let d_on = decision_for(&mut watch, &key, true).await?;
+    let mut watches = watch();
+    let changed = Instant::now();
+    fake.set_peers(24);
+    t.say("the node is back to 24 peers");
+    run_checks_now(&monitors);
+    let d_on = decided(&mut watches, &key, true).await?;
+    let on_after = changed.elapsed();
     t.say(format!(
-        "consensus: ONLINE passed={} in {}",
-        d_on.passed,
-        fmt_latency(&d_on)
+        "consensus: ONLINE ({} of 3 agree), finalized by {} {:.0} ms after the change; monitor-1's check: {}",
+        agreeing(&d_on),
+        d_on.finalizer,
+        on_after.as_secs_f64() * 1000.0,
+        last_check(m1, &key)
     ));
     decisions.push(("online", d_on.clone()));
 
@@ -467,7 +563,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     println!("decisions on {key}:");
     for (what, d) in &decisions {
         println!(
-            "  {what:<8} passed={} decided by {} in {} (proposal {})",
+            "  {what:<8} passed={} finalized by {} ({} from first seeing the proposal; proposal {})",
             d.passed,
             d.finalizer,
             fmt_latency(d),
@@ -509,6 +605,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 a.node.role().map(|r| r.short_name()).unwrap_or("")
             );
         }
+        println!("  curl -s http://{}/v1/checks", apps[0].http_addr);
         println!("  curl -s http://{}/results", apps[0].http_addr);
         println!("  curl -s http://{}/v1/events", apps[5].http_addr);
         println!(

@@ -1,0 +1,4 @@
+//! The one-shot commands of `ibp-node` that are more than a few lines: their logic lives
+//! here (testable, documented), the binary only parses flags and prints.
+
+pub mod check;
