@@ -493,6 +493,16 @@ impl Consensus {
     /// Whether a finalize for `id` with `passed` adds nothing: the ID was decided with the
     /// same outcome, or it already passed. (A pass after a fail still counts, as it does
     /// for Go nodes, which apply every passed finalize.)
+    /// Whether a vote (`finalize_passed` `None`) or finalize on proposal `id` can change
+    /// nothing here: the proposal is decided (for a finalize: as passed, or as failed and
+    /// the finalize says failed too). Such messages need no signature check.
+    pub fn is_moot(&self, id: &str, finalize_passed: Option<bool>) -> bool {
+        match finalize_passed {
+            None => self.decided.contains_key(id),
+            Some(p) => self.already_decided(id, p),
+        }
+    }
+
     fn already_decided(&self, id: &str, passed: bool) -> bool {
         self.decided.get(id).is_some_and(|d| d.0 || !passed)
     }

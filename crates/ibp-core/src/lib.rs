@@ -14,6 +14,7 @@ pub mod consensus;
 mod counters;
 mod effect;
 mod engine;
+pub mod input;
 pub mod membership;
 pub mod sim;
 pub mod time;

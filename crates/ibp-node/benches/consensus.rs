@@ -2,6 +2,8 @@
 //!
 //! 1. Decision latency: a monitor publishes a proposal every other monitor agrees with; the
 //!    time until the decision is applied on every monitor. p50/p99 for 3, 5 and 9 monitors.
+//!    And at 5 monitors with every message signed and verified (enforce mode) against
+//!    the same without: what trust costs a decision.
 //! 2. Cold-start burst: 5 monitors each propose 1,000 distinct checks at once; the time until
 //!    all 5,000 are finalized on every monitor, and how many were lost.
 
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use ibp_core::{CheckKey, Observation};
 use ibp_node::cluster::{Node, NodeOptions, RoleServices};
+use ibp_node::security::{DEFAULT_REPLAY_MEMORY, Security, TrustSources};
 use ibp_testkit::NatsServer;
+use ibp_trust::{Identity, Mode, TrustEntry, TrustList};
 use ibp_wire::{CheckType, NodeId, Role};
 
 fn key(tag: &str, i: usize) -> CheckKey {
@@ -24,11 +28,59 @@ fn key(tag: &str, i: usize) -> CheckKey {
     )
 }
 
+/// Every node's security in enforce mode, all trusting each other.
+fn enforce(ids: &[String]) -> Vec<Arc<Security>> {
+    let keys: Vec<Identity> = ids.iter().map(|_| Identity::generate()).collect();
+    let entries: Vec<TrustEntry> = ids
+        .iter()
+        .zip(&keys)
+        .map(|(id, k)| TrustEntry {
+            public_key: k.public_key().into(),
+            node_id: id.clone(),
+            role: "IBPMonitor".into(),
+        })
+        .collect();
+    let trust = TrustList::build([("trust", &entries[..])]).expect("trust");
+    keys.into_iter()
+        .map(|k| {
+            Arc::new(Security::new(
+                Mode::Enforce,
+                Some(Arc::new(k)),
+                TrustSources::default(),
+                trust.clone(),
+                Duration::from_secs(120),
+                DEFAULT_REPLAY_MEMORY,
+            ))
+        })
+        .collect()
+}
+
+/// How the monitors of a run treat each other's messages.
+#[derive(Clone, Copy, PartialEq)]
+enum Trust {
+    /// The reference: no signatures; a finalize is applied as it comes.
+    Off,
+    /// No signatures, but a finalize needs the votes this node saw (enforce's rule alone).
+    Backed,
+    /// Enforce: every message signed and verified, finalizes backed by verified votes.
+    Enforce,
+}
+
 async fn monitors(url: &str, n: usize, tag: &str) -> Vec<Node> {
+    monitors_with(url, n, tag, Trust::Off).await
+}
+
+async fn monitors_with(url: &str, n: usize, tag: &str, trust: Trust) -> Vec<Node> {
+    let ids: Vec<String> = (0..n).map(|i| format!("m{tag}-{i}")).collect();
+    let security = (trust == Trust::Enforce).then(|| enforce(&ids));
     let mut out = Vec::new();
-    for i in 0..n {
-        let mut o = NodeOptions::new(NodeId::new(format!("m{tag}-{i}")).expect("id"), url);
+    for (i, id) in ids.iter().enumerate() {
+        let mut o = NodeOptions::new(NodeId::new(id.clone()).expect("id"), url);
         o.reconcile_interval = Duration::from_secs(3600);
+        if let Some(s) = &security {
+            o.security = s[i].clone();
+        }
+        o.core.verify_finalizes = trust == Trust::Backed;
         let node = Node::connect(o).await.expect("connect");
         node.enable(Role::Monitor, RoleServices::default())
             .await
@@ -50,9 +102,16 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Time from `observe` on the proposer to the decision being applied on every monitor.
-async fn latency(url: &str, n: usize, trials: usize) -> Vec<Duration> {
-    let tag = format!("lat{n}");
-    let nodes = monitors(url, n, &tag).await;
+async fn latency(url: &str, n: usize, trials: usize, trust: Trust) -> Vec<Duration> {
+    let tag = format!(
+        "lat{n}{}",
+        match trust {
+            Trust::Off => "",
+            Trust::Backed => "b",
+            Trust::Enforce => "s",
+        }
+    );
+    let nodes = monitors_with(url, n, &tag, trust).await;
     let mut out = Vec::with_capacity(trials);
     for t in 0..trials {
         let k = key(&tag, t);
@@ -83,6 +142,24 @@ async fn latency(url: &str, n: usize, trials: usize) -> Vec<Duration> {
                 .await;
         }
         out.push(last);
+    }
+    if trust == Trust::Enforce {
+        // What the signatures cost per decision: checks done and skipped, all nodes.
+        let mut per = std::collections::BTreeMap::<String, f64>::new();
+        for m in &nodes {
+            for l in m.metrics().encode().lines() {
+                for name in ["ibp_trust_verified_total", "ibp_trust_moot_total"] {
+                    if let Some(rest) = l.strip_prefix(name)
+                        && let Some((labels, v)) = rest.rsplit_once(' ')
+                    {
+                        *per.entry(format!("{name}{labels}")).or_default() +=
+                            v.parse::<f64>().unwrap_or(0.0) / trials as f64;
+                    }
+                }
+            }
+        }
+        let text: Vec<String> = per.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+        println!("  per decision, all {n} monitors: {}", text.join(", "));
     }
     for m in nodes {
         m.shutdown(Duration::from_secs(1)).await;
@@ -172,8 +249,8 @@ fn main() {
         println!("consensus benchmarks ({} cores, nats-server {url})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
         for n in [3, 5, 9] {
             let trials = 300;
-            let _warm = latency(&url, n, 20).await;
-            let mut l = latency(&url, n, trials).await;
+            let _warm = latency(&url, n, 20, Trust::Off).await;
+            let mut l = latency(&url, n, trials, Trust::Off).await;
             l.sort();
             println!(
                 "decision latency, {n} monitors, {trials} decisions: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
@@ -182,6 +259,41 @@ fn main() {
                 l.last().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
             );
         }
+        // Signed against unsigned, interleaved in rounds so drift hits all alike; and
+        // enforce's rule (a finalize needs the votes this node saw) without signatures,
+        // to tell the cost of the rule from the cost of the cryptography.
+        let (mut plain, mut backed, mut signed) = (Vec::new(), Vec::new(), Vec::new());
+        let _warm = latency(&url, 5, 20, Trust::Enforce).await;
+        for _ in 0..3 {
+            plain.extend(latency(&url, 5, 100, Trust::Off).await);
+            backed.extend(latency(&url, 5, 100, Trust::Backed).await);
+            signed.extend(latency(&url, 5, 100, Trust::Enforce).await);
+        }
+        plain.sort();
+        backed.sort();
+        signed.sort();
+        for (what, l) in [
+            ("unsigned (off)", &plain),
+            ("unsigned, finalizes backed by own votes", &backed),
+            ("signed (enforce)", &signed),
+        ] {
+            println!(
+                "decision latency, 5 monitors, {what}, {} decisions: p50 {:.3} ms  p99 {:.3} ms",
+                l.len(),
+                pct(l, 0.5).as_secs_f64() * 1e3,
+                pct(l, 0.99).as_secs_f64() * 1e3,
+            );
+        }
+        let d = |a: &[Duration], b: &[Duration], p: f64| (pct(a, p).as_secs_f64() - pct(b, p).as_secs_f64()) * 1e3;
+        println!(
+            "enforce adds {:.3} ms at p50, {:.3} ms at p99: the backed-finalize rule {:.3} / {:.3} ms, signatures {:.3} / {:.3} ms",
+            d(&signed, &plain, 0.5),
+            d(&signed, &plain, 0.99),
+            d(&backed, &plain, 0.5),
+            d(&backed, &plain, 0.99),
+            d(&signed, &backed, 0.5),
+            d(&signed, &backed, 0.99),
+        );
         let (elapsed, total, lost) = burst(&url, 5, 1000).await;
         println!("cold-start burst, 5 monitors x 1,000 checks: {total} finalized on every monitor in {:.2} s, {lost} lost", elapsed.as_secs_f64());
     });

@@ -112,8 +112,18 @@ impl App {
             listen_port: http_addr.port().to_string(),
             reconcile_interval: cfg.reconcile_interval,
             clock,
+            security: Arc::new(cfg.security.runtime()),
         };
+        for w in &cfg.security.warnings {
+            tracing::warn!(node = %cfg.node_id, "security: {w}");
+        }
         let node = Node::connect(opts).await?;
+        tasks.push(tokio::spawn(crate::security::watch_trust(
+            node.clone(),
+            cfg.role,
+            cfg.config_reload,
+            stop.subscribe(),
+        )));
         let writes = StorageHealth::new(
             store.clone(),
             node.health().clone(),
@@ -174,7 +184,8 @@ impl App {
             }
         };
 
-        let durable = crate::durable::DurableOptions::for_node(cfg.node_id.as_str());
+        let mut durable = crate::durable::DurableOptions::for_node(cfg.node_id.as_str());
+        durable.signed = cfg.security.mode == ibp_trust::Mode::Enforce;
         if cfg.role == Role::Collator && cfg.collator.jetstream {
             crate::durable::setup(&node, &durable)
                 .await
@@ -277,7 +288,16 @@ impl App {
             dns: dns.clone(),
             collator: collator.clone(),
             checks: checks.clone(),
+            writes: crate::http::WriteLock::for_listener(
+                http_addr,
+                cfg.security.http_write_token.clone(),
+            ),
+            max_body: cfg.security.http_max_body,
+            max_connections: cfg.security.http_max_connections,
         };
+        if let Some(w) = state.writes.warning() {
+            tracing::warn!(node = %cfg.node_id, "{w}");
+        }
         let (http_stop, rx) = watch::channel(false);
         let http_task = tokio::spawn(async move {
             if let Err(e) = serve(listener, state, rx).await {

@@ -110,6 +110,8 @@ pub struct NodeOptions {
     pub reconcile_interval: Duration,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Signing and verification of consensus messages (off by default).
+    pub security: Arc<crate::security::Security>,
 }
 
 impl NodeOptions {
@@ -127,6 +129,7 @@ impl NodeOptions {
             listen_port: String::new(),
             reconcile_interval: Duration::from_secs(30),
             clock: Arc::new(SystemClock::new()),
+            security: Arc::new(crate::security::Security::off()),
         }
     }
 }
@@ -275,7 +278,11 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Connects to NATS. No role yet: see [`Node::enable`].
-    pub async fn connect(opts: NodeOptions) -> Result<Node, ConnectError> {
+    pub async fn connect(mut opts: NodeOptions) -> Result<Node, ConnectError> {
+        if opts.security.mode().drops() {
+            // Enforce: a finalize counts only with the verified votes behind it.
+            opts.core.verify_finalizes = true;
+        }
         let metrics = Arc::new(Metrics::new());
         let mut connect = opts.connect.clone();
         if connect.name.is_none() {
@@ -534,14 +541,41 @@ impl Node {
         wrap: fn(T) -> Input,
     ) -> Result<SubscriptionHandle, crate::connection::BusError>
     where
-        T: ibp_wire::WireDecode + Send + 'static,
+        T: ibp_wire::WireDecode + crate::security::Claims + Send + 'static,
     {
         let node = self.clone();
         self.inner
             .conn
-            .subscribe_decoded::<T, _, _>(subject, Concurrency::Sequential, move |msg, _raw| {
+            .subscribe_decoded::<T, _, _>(subject, Concurrency::Sequential, move |msg, raw| {
                 let node = node.clone();
                 async move {
+                    let sec = &node.inner.opts.security;
+                    // A vote or finalize on a proposal this monitor has decided changes
+                    // nothing (the core ignores it): no signature check, the costliest
+                    // step, is spent on it. Enforce drops it; verify passes it on, as off.
+                    let moot = sec.mode().checks()
+                        && msg
+                            .settles()
+                            .is_some_and(|(id, passed)| node.is_moot(id, passed));
+                    // A dropped message is handled too: waiters see it.
+                    let dropped = || node.inner.changed.send_modify(|g| *g += 1);
+                    if moot {
+                        node.inner.metrics.trust_moot(raw.subject.as_str());
+                        if sec.mode().drops() {
+                            dropped();
+                            return;
+                        }
+                    } else if !sec.admit(
+                        &node.inner.metrics,
+                        raw.subject.as_str(),
+                        msg.claim(),
+                        raw.headers.as_ref(),
+                        &raw.payload,
+                        node.now(),
+                    ) {
+                        dropped();
+                        return;
+                    }
                     let fx = node.with_engine(|e, now| e.handle(wrap(msg), now));
                     node.run_effects(fx).await;
                     node.inner.changed.send_modify(|g| *g += 1);
@@ -598,11 +632,18 @@ impl Node {
         for e in fx {
             match e {
                 Effect::Publish(out) => {
-                    let _ = self
-                        .inner
-                        .conn
-                        .publish_bytes(out.subject(), out.encode().into())
-                        .await;
+                    let subject = out.subject();
+                    let payload = out.encode();
+                    let signed = self.inner.opts.security.sign(subject, &payload, self.now());
+                    let _ = match signed {
+                        Some(h) => {
+                            self.inner
+                                .conn
+                                .publish_with_headers(subject, h, payload.into())
+                                .await
+                        }
+                        None => self.inner.conn.publish_bytes(subject, payload.into()).await,
+                    };
                 }
                 Effect::ApplyOfficial(change) => {
                     tracing::info!(node = %self.inner.id, check = %change.key, status = change.status, flipped = change.flipped, proposal = %change.proposal.id, "official result applied");
@@ -849,9 +890,28 @@ impl Node {
         self.run_effects(fx).await;
     }
 
-    /// Records that `node_id` was heard (it answered a request or pushed data).
+    /// Whether a vote or finalize on proposal `id` can change nothing on this monitor (see
+    /// `Consensus::is_moot`); always false on other roles.
+    fn is_moot(&self, id: &str, finalize_passed: Option<bool>) -> bool {
+        self.read_engine(|e, _| {
+            e.consensus()
+                .is_some_and(|c| c.is_moot(id, finalize_passed))
+        })
+    }
+
+    /// Handles a vote that did not come from the live subscription (the collator's
+    /// JetStream consumer, after checking it).
+    pub async fn feed_vote(&self, v: ibp_wire::Vote) {
+        let fx = self.with_engine(|e, now| e.handle(Input::Vote(v), now));
+        self.run_effects(fx).await;
+        self.inner.wake.notify_one();
+    }
+
+    /// Records that `node_id` was heard (it answered a request or pushed data). Ignored in
+    /// `enforce` mode: those messages are not signed, and membership then follows signed
+    /// messages only.
     pub fn heard(&self, node_id: &str) {
-        if node_id.is_empty() {
+        if node_id.is_empty() || self.inner.opts.security.mode().drops() {
             return;
         }
         let fx = self.with_engine(|e, now| e.handle(Input::Heard(node_id.to_string()), now));

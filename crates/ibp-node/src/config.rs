@@ -14,6 +14,9 @@ use serde_json::Value;
 
 use crate::connection::ConnectOptions;
 
+mod security;
+pub use security::{DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, SecurityConfig, SecuritySection};
+
 /// A configuration problem: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("config {field}: {reason}")]
@@ -133,8 +136,8 @@ pub struct IbpSection {
     pub dns: Option<DnsSection>,
     /// Monitor settings.
     pub monitor: Option<MonitorSection>,
-    /// Security settings (reserved for signed messages and trust lists).
-    pub security: Option<Value>,
+    /// Signed messages, the trust list, the mode, HTTP write lock (`docs/security.md`).
+    pub security: Option<SecuritySection>,
     /// Built-in checks (monitors).
     pub checks: Option<ChecksSection>,
     /// Log format: `pretty` or `json`.
@@ -550,6 +553,8 @@ pub struct NodeConfig {
     pub run_checks: bool,
     /// Settings of the checker.
     pub checker: ibp_checks::CheckerSettings,
+    /// Signing, verification, the HTTP write lock.
+    pub security: SecurityConfig,
     /// Log level from the file (`RUST_LOG` wins).
     pub log_level: Option<String>,
     /// Log format from the file (the flag wins).
@@ -804,6 +809,25 @@ impl NodeConfig {
             })?;
         }
         let run_checks = cs.enabled.unwrap_or(true) && file.checks.iter().any(|c| c.enabled);
+        let mut security =
+            SecurityConfig::resolve(ibp.security.as_ref(), nats.nkey_seed.as_deref())?;
+        if let Some(id) = &security.identity {
+            let trusted = security.trust.get(id.public_key()).cloned();
+            match trusted {
+                Some(t) if t.node_id == node_id.as_str() && t.role == role => {}
+                Some(t) => security.warnings.push(format!(
+                    "this node's key {} is trusted as {} ({}), not as {} ({}): the others will reject what it signs",
+                    id.public_key(), t.node_id, t.role, node_id, role
+                )),
+                None if security.mode.checks() || !security.trust.is_empty() => {
+                    security.warnings.push(format!(
+                        "this node's key {} is not in the trust list: nodes in enforce mode drop what it signs",
+                        id.public_key()
+                    ))
+                }
+                None => {}
+            }
+        }
         let shutdown_grace = duration(
             "IbpNode.shutdown_grace",
             ibp.shutdown_grace.as_deref().unwrap_or("60s"),
@@ -864,6 +888,7 @@ impl NodeConfig {
             node_id_file,
             run_checks,
             checker,
+            security,
         })
     }
 }

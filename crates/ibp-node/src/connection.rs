@@ -241,11 +241,18 @@ pub struct LogGate {
     state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
 }
 
+impl Default for LogGate {
+    fn default() -> Self {
+        LogGate::new()
+    }
+}
+
 impl LogGate {
     const PER_WINDOW: u32 = 20;
     const WINDOW: Duration = Duration::from_secs(10);
 
-    fn new() -> LogGate {
+    /// A gate with the default window.
+    pub fn new() -> LogGate {
         LogGate {
             state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
         }

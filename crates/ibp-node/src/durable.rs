@@ -46,9 +46,22 @@ pub struct DurableOptions {
     pub ack_wait: Duration,
     /// Retention of the stream this project creates.
     pub max_age: Duration,
+    /// Enforce mode: the stream keeps the votes too, and every message is checked for
+    /// signature and trust (aged by the time the server stored it).
+    pub signed: bool,
 }
 
 impl DurableOptions {
+    /// The consumer's name: enforce mode has its own (it takes votes as well, which an
+    /// existing finalize-only consumer cannot be changed to).
+    pub fn consumer_name(&self) -> String {
+        if self.signed {
+            format!("{}-signed", self.durable)
+        } else {
+            self.durable.clone()
+        }
+    }
+
     /// Defaults for the collator `node_id`.
     pub fn for_node(node_id: &str) -> DurableOptions {
         DurableOptions {
@@ -56,6 +69,7 @@ impl DurableOptions {
             max_deliver: 10,
             ack_wait: Duration::from_secs(60),
             max_age: Duration::from_secs(7 * 24 * 3600),
+            signed: false,
         }
     }
 }
@@ -148,28 +162,53 @@ async fn api(node: &Node, subject: &str, body: Value) -> Result<Value, JsError> 
     }
 }
 
-/// Finds the stream that captures `consensus.finalize`, creating [`FINALIZE_STREAM`] when
-/// none does. Returns its name.
-pub async fn ensure_stream(node: &Node, opts: &DurableOptions) -> Result<String, JsError> {
-    let names = api(
-        node,
-        "$JS.API.STREAM.NAMES",
-        json!({ "subject": subjects::FINALIZE }),
-    )
-    .await?;
-    if let Some(name) = names
+/// The stream capturing `subject`, if any.
+async fn stream_of(node: &Node, subject: &str) -> Result<Option<String>, JsError> {
+    let names = api(node, "$JS.API.STREAM.NAMES", json!({ "subject": subject })).await?;
+    Ok(names
         .get("streams")
         .and_then(Value::as_array)
         .and_then(|a| a.first())
         .and_then(Value::as_str)
-    {
+        .map(str::to_string))
+}
+
+/// Finds the stream that captures `consensus.finalize` (and, signed, `consensus.vote`),
+/// creating [`FINALIZE_STREAM`] when none does, or adding the votes to it. Returns its name.
+pub async fn ensure_stream(node: &Node, opts: &DurableOptions) -> Result<String, JsError> {
+    let mut wanted = vec![subjects::FINALIZE];
+    if opts.signed {
+        wanted.push(subjects::VOTE);
+    }
+    if let Some(name) = stream_of(node, subjects::FINALIZE).await? {
         if name != FINALIZE_STREAM {
             tracing::warn!(
-                stream = name,
+                stream = %name,
                 "consensus.finalize is already captured by another stream; consuming from it (its retention decides what a restarted collator can catch up on)"
             );
         }
-        return Ok(name.to_string());
+        if opts.signed {
+            match stream_of(node, subjects::VOTE).await? {
+                Some(v) if v == name => {}
+                None if name == FINALIZE_STREAM => {
+                    // Ours: add the votes (enforce mode needs them to check finalizes).
+                    let info = api(node, &format!("$JS.API.STREAM.INFO.{name}"), json!({})).await?;
+                    let mut config = info.get("config").cloned().unwrap_or_else(|| json!({}));
+                    config["subjects"] = json!(wanted);
+                    api(node, &format!("$JS.API.STREAM.UPDATE.{name}"), config).await?;
+                    tracing::info!(stream = %name, "the stream now keeps consensus.vote as well (enforce mode)");
+                }
+                other => {
+                    return Err(JsError::Bus(format!(
+                        "enforce mode needs consensus.vote in the stream that captures consensus.finalize ({name}), but it is {}: add consensus.vote to {name}",
+                        other
+                            .map(|o| format!("captured by {o}"))
+                            .unwrap_or_else(|| "not captured".into())
+                    )));
+                }
+            }
+        }
+        return Ok(name);
     }
     let subject = format!("$JS.API.STREAM.CREATE.{FINALIZE_STREAM}");
     let r = api(
@@ -177,7 +216,7 @@ pub async fn ensure_stream(node: &Node, opts: &DurableOptions) -> Result<String,
         &subject,
         json!({
             "name": FINALIZE_STREAM,
-            "subjects": [subjects::FINALIZE],
+            "subjects": wanted,
             "retention": "limits",
             "max_consumers": -1,
             "max_msgs": -1,
@@ -206,18 +245,26 @@ pub async fn ensure_consumer(
     stream: &str,
     opts: &DurableOptions,
 ) -> Result<(), JsError> {
+    let name = opts.consumer_name();
+    // Signed, the votes come too; `consensus.>` is one filter NATS 2.9 can take, and what
+    // else it lets through (a stream on `>`) is acknowledged and skipped.
+    let filter = if opts.signed {
+        "consensus.>"
+    } else {
+        subjects::FINALIZE
+    };
     let config = json!({
-        "durable_name": opts.durable,
+        "durable_name": name,
         "deliver_policy": "all",
         "ack_policy": "explicit",
         "ack_wait": nanos(opts.ack_wait),
         "max_deliver": opts.max_deliver,
-        "filter_subject": subjects::FINALIZE,
+        "filter_subject": filter,
         "replay_policy": "instant",
         "max_ack_pending": 1000,
         "max_waiting": 512,
     });
-    let subject = format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{}", opts.durable);
+    let subject = format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}");
     match api(
         node,
         &subject,
@@ -228,10 +275,10 @@ pub async fn ensure_consumer(
         Ok(_) => Ok(()),
         Err(e @ JsError::Api { .. }) => {
             // An existing consumer whose settings cannot be changed in place is used as it is.
-            let info = format!("$JS.API.CONSUMER.INFO.{stream}.{}", opts.durable);
+            let info = format!("$JS.API.CONSUMER.INFO.{stream}.{name}");
             match api(node, &info, json!({})).await {
                 Ok(_) => {
-                    tracing::warn!(error = %e, consumer = %opts.durable, "the durable consumer exists with other settings; using it as it is");
+                    tracing::warn!(error = %e, consumer = %name, "the durable consumer exists with other settings; using it as it is");
                     Ok(())
                 }
                 Err(_) => Err(e),
@@ -344,14 +391,17 @@ async fn consume(
 ) -> Result<(), JsError> {
     let stream = ensure_stream(node, opts).await?;
     ensure_consumer(node, &stream, opts).await?;
-    tracing::info!(stream = %stream, consumer = %opts.durable, "consuming decisions durably");
+    tracing::info!(stream = %stream, consumer = %opts.consumer_name(), signed = opts.signed, "consuming decisions durably");
     let client = node.connection().client().clone();
     let inbox = client.new_inbox();
     let mut sub = client
         .subscribe(inbox.clone())
         .await
         .map_err(|e| JsError::Bus(e.to_string()))?;
-    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{}", opts.durable);
+    let next = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{stream}.{}",
+        opts.consumer_name()
+    );
     let batch = 16u64;
     let expires = Duration::from_secs(5);
     loop {
@@ -406,16 +456,7 @@ async fn consume(
             };
             node.health().recover(Part::JetStream);
             *backoff = Duration::from_millis(500);
-            handle(
-                collator,
-                node,
-                opts,
-                &client,
-                &reply,
-                delivery,
-                &msg.payload,
-            )
-            .await;
+            handle(collator, node, opts, &client, &reply, delivery, &msg).await;
             got += 1;
             if got >= batch {
                 break;
@@ -444,7 +485,8 @@ async fn give_back(client: &async_nats::Client, sub: &mut async_nats::Subscriber
     let _ = client.flush().await;
 }
 
-/// Records one delivered finalize and acknowledges it (or not).
+/// Records one delivered finalize (signed: or caches one vote) and acknowledges it (or
+/// not).
 async fn handle(
     collator: &CollatorService,
     node: &Node,
@@ -452,9 +494,11 @@ async fn handle(
     client: &async_nats::Client,
     reply: &str,
     delivery: Delivery,
-    payload: &Bytes,
+    msg: &async_nats::Message,
 ) {
-    node.metrics().received(subjects::FINALIZE);
+    let payload = &msg.payload;
+    let subject = msg.subject.as_str();
+    node.metrics().received(subject);
     let ack = |what: &'static str| {
         let client = client.clone();
         let reply = reply.to_string();
@@ -467,6 +511,21 @@ async fn handle(
             }
         }
     };
+    if subject == subjects::VOTE && opts.signed {
+        match ibp_wire::decode::<ibp_wire::Vote>(payload) {
+            Ok(v) if admit(node, msg, &v, &delivery) => node.feed_vote(v).await,
+            Ok(_) => {}
+            Err(_) => node.metrics().decode_failed(subject),
+        }
+        ack("+ACK").await;
+        return;
+    }
+    if subject != subjects::FINALIZE {
+        // A stream on `>` lets other consensus subjects through the `consensus.>` filter.
+        node.metrics().ignore("jetstream_other_subject");
+        ack("+ACK").await;
+        return;
+    }
     let f = match ibp_wire::decode::<FinalizeMessage>(payload) {
         Ok(f) if !f.proposal.id.is_empty() => f,
         Ok(_) | Err(_) => {
@@ -480,6 +539,10 @@ async fn handle(
             return;
         }
     };
+    if !admit(node, msg, &f, &delivery) {
+        ack("+TERM").await;
+        return;
+    }
     node.heard(f.finalizer());
     // Votes of a fresh decision may still be in flight on their own subject.
     let age = (Utc::now() - delivery.stored_at)
@@ -535,6 +598,23 @@ async fn handle(
             // Otherwise no ack: redelivered after ack_wait (the record is claimed by ID).
         }
     }
+}
+
+/// The signature check of a stored message (every mode but `off` counts; `enforce` drops).
+fn admit<T: crate::security::Claims>(
+    node: &Node,
+    msg: &async_nats::Message,
+    body: &T,
+    delivery: &Delivery,
+) -> bool {
+    node.options().security.admit_stored(
+        node.metrics(),
+        msg.subject.as_str(),
+        body.claim(),
+        msg.headers.as_ref(),
+        &msg.payload,
+        delivery.stored_at,
+    )
 }
 
 async fn dead_letter(

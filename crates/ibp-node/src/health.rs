@@ -26,6 +26,8 @@ pub enum Part {
     Lists,
     /// Built-in checks.
     Checks,
+    /// Signing and trust: this node's key is not trusted, or the trust file cannot be read.
+    Security,
 }
 
 impl Part {
@@ -39,6 +41,7 @@ impl Part {
             Part::NodeId => "nodeId",
             Part::Lists => "lists",
             Part::Checks => "checks",
+            Part::Security => "security",
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   the IBP member and service lists.
 //! * [`metrics`] — each node's own Prometheus registry; [`health`] — what `/healthz` says.
 //! * [`durable`] — the collator's JetStream consumer of decisions.
+//! * [`security`] — signing and verifying consensus messages (`ibp-trust`), by mode.
 pub mod app;
 pub mod cluster;
 pub mod collectors;
@@ -22,5 +23,7 @@ pub mod http;
 pub mod ibp_config;
 pub mod inspect;
 pub mod metrics;
+pub mod nats_permissions;
 pub mod normalize;
 pub mod roles;
+pub mod security;

@@ -48,6 +48,29 @@ enum Command {
     Check(CheckCmdArgs),
     /// Run a demo cluster (3 monitors, 2 DNS nodes, 1 collator) on a private nats-server.
     Demo(ibp_node::demo::DemoArgs),
+    /// Create a node key (an NKey user seed, mode 0600) and print its public key last.
+    Keygen(KeygenArgs),
+    /// Print a nats-server `authorization` block with one user per role and exactly the
+    /// subjects each role needs (see docs/security.md).
+    NatsPermissions,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Where to write the seed; an existing file is never overwritten.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
+    let id = ibp_node::commands::keygen::keygen(&a.out).map_err(|e| anyhow!(e))?;
+    println!("seed written to {} (keep it private)", a.out.display());
+    println!(
+        "trust entry: {{\"public_key\": \"{}\", \"node_id\": \"<this node's ID>\", \"role\": \"<IBPMonitor|IBPDns|IBPCollator>\"}}",
+        id.public_key()
+    );
+    println!("{}", id.public_key());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -340,6 +363,32 @@ async fn check_config(a: CheckArgs) -> Result<()> {
     )?;
     println!("{cfg:#?}");
     println!("node id: {} (from {})", cfg.node_id, cfg.node_id_source);
+    let sec = &cfg.security;
+    println!(
+        "security: mode {}, key {}, {} trusted keys{}; HTTP writes: {}",
+        sec.mode.as_str(),
+        match (&sec.identity, &sec.identity_source) {
+            (Some(id), Some(src)) => format!("{} (from {src})", id.public_key()),
+            _ => "none (nothing is signed)".into(),
+        },
+        sec.trust.len(),
+        sec.sources
+            .file
+            .as_ref()
+            .map(|f| format!(" (with {})", f.display()))
+            .unwrap_or_default(),
+        ibp_node::http::WriteLock::for_listener(cfg.http, sec.http_write_token.clone())
+            .warning()
+            .map(|_| "refused (non-loopback listener without a token)".to_string())
+            .unwrap_or_else(|| if sec.http_write_token.is_some() {
+                "need the bearer token".into()
+            } else {
+                "open (loopback listener)".into()
+            })
+    );
+    for w in &sec.warnings {
+        println!("security warning: {w}");
+    }
     println!(
         "checks: {}",
         cfg.checks
@@ -421,6 +470,23 @@ fn main() -> ExitCode {
             Command::CheckConfig(a) => ok(check_config(a).await),
             Command::Demo(a) => ok(ibp_node::demo::run(a).await.map_err(|e| anyhow!(e))),
             Command::Check(a) => check(a).await,
+            Command::Keygen(a) => ok(keygen(a)),
+            Command::NatsPermissions => {
+                use ibp_node::nats_permissions::{User, authorization};
+                let users: Vec<User> = ibp_wire::Role::ALL
+                    .into_iter()
+                    .map(|role| User {
+                        role,
+                        user: role.short_name().to_string(),
+                        password: Some(format!(
+                            "$2a$11$<bcrypt hash from `nats server passwd` for {}>",
+                            role.short_name()
+                        )),
+                    })
+                    .collect();
+                print!("{}", authorization(&users));
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match r {

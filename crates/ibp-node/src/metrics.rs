@@ -66,6 +66,16 @@ pub struct Metrics {
     pub check_duration: Family<Labels, Histogram>,
     /// Built-in check results, by check and outcome.
     pub checks: Family<Labels, Counter>,
+    /// Received consensus messages that failed signature or trust checks, by subject,
+    /// reason and claimed sender (a trusted ID, or `unknown`), in `verify` and `enforce`.
+    pub trust_rejections: Family<Labels, Counter>,
+    /// Received consensus messages that passed the checks, by subject.
+    pub trust_verified: Family<Labels, Counter>,
+    /// Signatures remembered against replays.
+    pub trust_replay_memory: Gauge,
+    /// Votes and finalizes on proposals already decided, not checked (they change
+    /// nothing; enforce drops them), by subject.
+    pub trust_moot: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,6 +123,10 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 18))
             }),
             checks: Family::default(),
+            trust_rejections: Family::default(),
+            trust_verified: Family::default(),
+            trust_replay_memory: Gauge::default(),
+            trust_moot: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -219,6 +233,26 @@ impl Metrics {
                 "checks",
                 "Built-in check results, by check and outcome",
                 m.checks.clone(),
+            );
+            r.register(
+                "trust_rejections",
+                "Consensus messages failing signature or trust checks, by subject, reason and claimed sender",
+                m.trust_rejections.clone(),
+            );
+            r.register(
+                "trust_verified",
+                "Consensus messages passing signature and trust checks, by subject",
+                m.trust_verified.clone(),
+            );
+            r.register(
+                "trust_moot",
+                "Votes and finalizes on already decided proposals, not checked (enforce drops them), by subject",
+                m.trust_moot.clone(),
+            );
+            r.register(
+                "trust_replay_memory",
+                "Signatures remembered against replays",
+                m.trust_replay_memory.clone(),
             );
             r.register(
                 "ignored",
@@ -335,6 +369,23 @@ impl Metrics {
                 now.proposals_republished,
                 last.proposals_republished,
             ),
+            ("finalize_held", now.finalizes_held, last.finalizes_held),
+            (
+                "finalize_released",
+                now.finalizes_released,
+                last.finalizes_released,
+            ),
+            (
+                "finalize_unbacked",
+                now.finalizes_unbacked,
+                last.finalizes_unbacked,
+            ),
+            ("unknown_check", now.unknown_checks, last.unknown_checks),
+            (
+                "refused_result_cap",
+                now.refused_results,
+                last.refused_results,
+            ),
         ];
         for (kind, n, l) in pairs {
             if n > l {
@@ -376,6 +427,24 @@ impl Metrics {
             .get_or_create(&vec![
                 ("check", check.to_string()),
                 ("outcome", if ok { "up" } else { "down" }.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts a vote or finalize that could change nothing and was not checked.
+    pub fn trust_moot(&self, subject: &str) {
+        self.trust_moot
+            .get_or_create(&vec![("subject", subject_label(subject))])
+            .inc();
+    }
+
+    /// Counts a message failing verification.
+    pub fn trust_rejected(&self, subject: &str, reason: &str, sender: &str) {
+        self.trust_rejections
+            .get_or_create(&vec![
+                ("subject", subject_label(subject)),
+                ("reason", reason.to_string()),
+                ("sender", sender.to_string()),
             ])
             .inc();
     }

@@ -276,3 +276,105 @@ async fn a_failed_reload_keeps_the_last_good_copy() {
     );
     assert_eq!(shared.get().map(|c| c.members.len()), Some(7));
 }
+
+#[test]
+fn security_settings_are_checked_at_start_and_name_the_field() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = ibp_trust::Identity::generate();
+    let seed = dir.path().join("node.nk");
+    std::fs::write(&seed, key.seed().expect("seed")).expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let seed_s = seed.display().to_string();
+    let pk = key.public_key().to_string();
+    let o = Overrides {
+        node_id: Some("monitor-1".into()),
+        ..local()
+    };
+    let sec = |v: serde_json::Value| serde_json::json!({"IbpNode": {"security": v}}).to_string();
+    let cases = [
+        (
+            sec(serde_json::json!({"mode": "paranoid"})),
+            "IbpNode.security.mode",
+        ),
+        (
+            sec(serde_json::json!({"mode": "enforce"})),
+            "needs this node's key",
+        ),
+        (
+            sec(serde_json::json!({"mode": "enforce", "seed_file": seed_s})),
+            "IbpNode.security.trust",
+        ),
+        (
+            sec(serde_json::json!({"seed_file": "/nonexistent/node.nk"})),
+            "IbpNode.security.seed_file",
+        ),
+        (
+            sec(
+                serde_json::json!({"trust": [{"public_key": "UNOTAKEY", "node_id": "m", "role": "IBPMonitor"}]}),
+            ),
+            "IbpNode.security.trust[0].public_key",
+        ),
+        (
+            sec(serde_json::json!({"trust": [{"public_key": pk, "node_id": "m", "role": "boss"}]})),
+            "IbpNode.security.trust[0].role",
+        ),
+        (sec(serde_json::json!({"sead_file": "x"})), "sead_file"),
+        (
+            sec(serde_json::json!({"max_age": "0s"})),
+            "IbpNode.security.max_age",
+        ),
+        (
+            sec(serde_json::json!({"http_max_body": 0})),
+            "IbpNode.security.http_max_body",
+        ),
+        (
+            sec(serde_json::json!({"trust_file": "/nonexistent/trust.json"})),
+            "IbpNode.security.trust_file",
+        ),
+        (
+            serde_json::json!({"IbpNode": {"nats": {"nkey_seed": "SUnotaseed"}}}).to_string(),
+            "IbpNode.nats.nkey_seed",
+        ),
+    ];
+    for (json, want) in cases {
+        let e = err(&json, &o);
+        assert!(e.contains(want), "{json}: {e:?} should mention {want:?}");
+    }
+
+    // A good one: the key from the NATS NKey seed, trusted as this node.
+    let trust =
+        serde_json::json!([{"public_key": pk, "node_id": "monitor-1", "role": "IBPMonitor"}]);
+    let json = serde_json::json!({"IbpNode": {"nats": {"nkey_seed": key.seed().expect("seed")},
+        "security": {"mode": "enforce", "trust": trust}}})
+    .to_string();
+    let cfg = NodeConfig::resolve(&FileConfig::parse(&json).expect("parse"), &o).expect("resolves");
+    assert_eq!(cfg.security.mode, ibp_trust::Mode::Enforce);
+    assert_eq!(
+        cfg.security.identity_source.as_deref(),
+        Some("IbpNode.nats.nkey_seed")
+    );
+    assert!(
+        cfg.security.warnings.is_empty(),
+        "{:?}",
+        cfg.security.warnings
+    );
+    assert!(
+        !format!("{cfg:?}").contains(&key.seed().expect("seed")),
+        "no seed in Debug"
+    );
+
+    // Warnings: a seed file others can read, and a key trusted as another node.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let json = sec(serde_json::json!({"mode": "verify", "seed_file": seed_s,
+        "trust": [{"public_key": pk, "node_id": "monitor-2", "role": "IBPMonitor"}]}));
+    let cfg = NodeConfig::resolve(&FileConfig::parse(&json).expect("parse"), &o).expect("resolves");
+    let w = cfg.security.warnings.join("\n");
+    assert!(w.contains("chmod 600"), "{w}");
+    assert!(w.contains("trusted as monitor-2"), "{w}");
+}

@@ -329,6 +329,9 @@ fn every_command_has_help_and_version_works() {
         vec!["downtime", "--help"],
         vec!["demo", "--help"],
         vec!["check-config", "--help"],
+        vec!["check", "--help"],
+        vec!["keygen", "--help"],
+        vec!["nats-permissions", "--help"],
     ] {
         let out = common::cmd().args(&cmd).output().expect("runs");
         assert!(out.status.success(), "{cmd:?}");
@@ -339,6 +342,45 @@ fn every_command_has_help_and_version_works() {
     }
     let out = common::cmd().arg("--version").output().expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ibp-node "));
+}
+
+#[test]
+fn keygen_writes_a_private_seed_prints_the_public_key_last_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("dir");
+    let p = dir.path().join("monitor-1.nk");
+    let out = common::cmd()
+        .args(["keygen", "--out"])
+        .arg(&p)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let public = stdout.lines().last().unwrap_or_default().trim().to_string();
+    let seed = std::fs::read_to_string(&p).expect("seed file");
+    let id = ibp_trust::Identity::from_seed(&seed).expect("a user seed");
+    assert_eq!(public, id.public_key(), "the last line is the public key");
+    assert!(!stdout.contains(seed.trim()), "the seed is never printed");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let again = common::cmd()
+        .args(["keygen", "--out"])
+        .arg(&p)
+        .output()
+        .expect("runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    assert_eq!(
+        std::fs::read_to_string(&p).expect("read"),
+        seed,
+        "untouched"
+    );
 }
 
 #[test]

@@ -102,8 +102,17 @@ async fn a_write_the_database_refuses_is_set_aside_and_blocks_nothing_behind_it(
     let open = svc.store().open_events().await.expect("events");
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].member_name, "healthy-but-down");
-    let (status, dl) = http_get(app.http_addr, "/v1/dead-letters").await;
-    assert_eq!(status, 200, "{dl}");
+    // The refused decision may reach the collator after the healthy one (it waits up to
+    // the collator's vote grace for its votes): its dead letter can come a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let dl = loop {
+        let (status, dl) = http_get(app.http_addr, "/v1/dead-letters").await;
+        assert_eq!(status, 200, "{dl}");
+        if dl["total"] == 1 || std::time::Instant::now() > deadline {
+            break dl;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(dl["total"], 1, "{dl}");
     assert_eq!(dl["deadLetters"][0]["kind"], "decision");
     assert_eq!(

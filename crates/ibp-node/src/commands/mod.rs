@@ -2,3 +2,4 @@
 //! here (testable, documented), the binary only parses flags and prints.
 
 pub mod check;
+pub mod keygen;

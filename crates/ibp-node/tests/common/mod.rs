@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use ibp_node::config::{FileConfig, NodeConfig, Overrides};
 
+pub mod signed;
+
 /// A node config for `role` with its own SQLite file under `dir`, HTTP on a free port.
 pub fn node_config(role: &str, id: &str, url: &str, dir: &Path) -> NodeConfig {
     let o = Overrides {

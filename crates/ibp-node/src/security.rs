@@ -1,0 +1,403 @@
+//! The node's side of trusted consensus: signing what it publishes on the consensus
+//! subjects, checking what it receives against the trust list, and what the mode makes of
+//! a failed check. The rules are in `ibp-trust` (pure); here they meet headers, metrics,
+//! logs and the trust file.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use ibp_trust::{
+    HDR_KEY, HDR_SIG, HDR_SIG_TIME, Identity, Mode, Reject, SigHeaders, TrustEntry, TrustList,
+    Trusted, Verifier,
+};
+use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote};
+
+use crate::metrics::Metrics;
+
+/// Signatures remembered against replays, at most (a trusted node's legitimate traffic
+/// over the age window stays far below this).
+pub const DEFAULT_REPLAY_MEMORY: usize = 262_144;
+
+/// What a received consensus message says about who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// Node IDs the body names as its sender (all must be the key's).
+    pub ids: Vec<&'a str>,
+    /// The role the body claims or the subject needs (`None`: the body states none).
+    pub role: Option<Role>,
+}
+
+/// Messages whose sender a signature must vouch for.
+pub trait Claims {
+    /// Who the body says sent it.
+    fn claim(&self) -> Claim<'_>;
+
+    /// For votes and finalizes: the proposal they settle, and (finalizes) whether it
+    /// passed, so a node can tell one that can change nothing anymore.
+    fn settles(&self) -> Option<(&str, Option<bool>)> {
+        None
+    }
+}
+
+impl Claims for ClusterMessage {
+    fn claim(&self) -> Claim<'_> {
+        Claim {
+            ids: vec![self.sender.node_id.as_str()],
+            role: Role::from_wire(&self.sender.node_role),
+        }
+    }
+}
+
+impl Claims for Proposal {
+    fn claim(&self) -> Claim<'_> {
+        Claim {
+            ids: vec![self.sender_node_id.as_str()],
+            role: Some(Role::Monitor),
+        }
+    }
+}
+
+impl Claims for Vote {
+    fn settles(&self) -> Option<(&str, Option<bool>)> {
+        Some((self.proposal_id.as_str(), None))
+    }
+
+    fn claim(&self) -> Claim<'_> {
+        let mut ids = vec![self.sender_node_id.as_str()];
+        if !self.node_id.is_empty() {
+            ids.push(self.node_id.as_str());
+        }
+        Claim {
+            ids,
+            role: Some(Role::Monitor),
+        }
+    }
+}
+
+impl Claims for FinalizeMessage {
+    fn settles(&self) -> Option<(&str, Option<bool>)> {
+        Some((self.proposal.id.as_str(), Some(self.passed)))
+    }
+
+    fn claim(&self) -> Claim<'_> {
+        Claim {
+            ids: vec![self.finalizer()],
+            role: Some(Role::Monitor),
+        }
+    }
+}
+
+/// Where the trust list comes from.
+#[derive(Debug, Clone, Default)]
+pub struct TrustSources {
+    /// `IbpNode.security.trust`.
+    pub inline: Vec<TrustEntry>,
+    /// `IbpNode.security.trust_file` (reloaded like the member list).
+    pub file: Option<PathBuf>,
+}
+
+impl TrustSources {
+    /// Reads the file (if any) and builds the merged list.
+    pub fn load(&self) -> Result<TrustList, String> {
+        let from_file = match &self.file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    format!(
+                        "IbpNode.security.trust_file: cannot read {}: {e}",
+                        p.display()
+                    )
+                })?;
+                TrustList::parse_json(&text, "IbpNode.security.trust_file")
+                    .map_err(|e| e.to_string())?
+            }
+            None => Vec::new(),
+        };
+        TrustList::build([
+            ("IbpNode.security.trust", &self.inline[..]),
+            ("IbpNode.security.trust_file", &from_file[..]),
+        ])
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// A node's security state: its mode, key, trust list and replay memory.
+pub struct Security {
+    mode: Mode,
+    identity: Option<Arc<Identity>>,
+    sources: TrustSources,
+    trust: RwLock<Arc<TrustList>>,
+    verifier: Mutex<Verifier>,
+    log_gate: crate::connection::LogGate,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("mode", &self.mode)
+            .field("public_key", &self.public_key())
+            .field("trusted", &self.trust().len())
+            .finish()
+    }
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security::off()
+    }
+}
+
+impl Security {
+    /// The reference behaviour: no key, nothing checked.
+    pub fn off() -> Security {
+        Security::new(
+            Mode::Off,
+            None,
+            TrustSources::default(),
+            TrustList::default(),
+            Duration::from_secs(120),
+            DEFAULT_REPLAY_MEMORY,
+        )
+    }
+
+    /// A security state; `trust` is the list already loaded from `sources`.
+    pub fn new(
+        mode: Mode,
+        identity: Option<Arc<Identity>>,
+        sources: TrustSources,
+        trust: TrustList,
+        max_age: Duration,
+        replay_memory: usize,
+    ) -> Security {
+        Security {
+            mode,
+            identity,
+            sources,
+            trust: RwLock::new(Arc::new(trust)),
+            verifier: Mutex::new(Verifier::new(max_age, replay_memory)),
+            log_gate: crate::connection::LogGate::new(),
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// This node's public key, if it has one.
+    pub fn public_key(&self) -> Option<&str> {
+        self.identity.as_deref().map(Identity::public_key)
+    }
+
+    /// The current trust list.
+    pub fn trust(&self) -> Arc<TrustList> {
+        self.trust
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Whether this node's own key is in the trust list, for `node_id` and `role`.
+    pub fn trusts_self(&self, node_id: &str, role: Role) -> bool {
+        self.public_key()
+            .and_then(|k| self.trust().get(k).cloned())
+            .is_some_and(|t| t.node_id == node_id && t.role == role)
+    }
+
+    /// Re-reads the trust file. On an error the last good list stays.
+    pub fn reload(&self) -> Result<usize, String> {
+        let list = self.sources.load()?;
+        let n = list.len();
+        if let Ok(mut t) = self.trust.write() {
+            *t = Arc::new(list);
+        }
+        Ok(n)
+    }
+
+    /// Whether the trust list comes partly from a file to reload.
+    pub fn has_trust_file(&self) -> bool {
+        self.sources.file.is_some()
+    }
+
+    /// The signature headers for `payload` published on `subject` at `now` (none without
+    /// a key).
+    pub fn sign(&self, subject: &str, payload: &[u8], now: DateTime<Utc>) -> Option<HeaderMap> {
+        let id = self.identity.as_ref()?;
+        let s = id.sign(subject, payload, now);
+        if self.mode.checks()
+            && let Ok(mut v) = self.verifier.lock()
+        {
+            v.remember_own(&s.sig, now, now);
+        }
+        let mut h = HeaderMap::new();
+        h.insert(HDR_KEY, s.key.as_str());
+        h.insert(HDR_SIG_TIME, s.time.as_str());
+        h.insert(HDR_SIG, s.sig.as_str());
+        Some(h)
+    }
+
+    /// Checks a live message. Counts and logs a failure in `verify` and `enforce`; returns
+    /// whether the message may be handled (always, except failures in `enforce`).
+    pub fn admit(
+        &self,
+        metrics: &Metrics,
+        subject: &str,
+        claim: Claim<'_>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        now: DateTime<Utc>,
+    ) -> bool {
+        self.check(metrics, subject, claim, headers, |v, trust, h| {
+            let r = v.verify(trust, subject, payload, h, now);
+            metrics.trust_replay_memory.set(v.remembered() as i64);
+            r
+        })
+    }
+
+    /// Checks a message a JetStream stream stored at `stored_at` (aged by that time; see
+    /// [`Verifier::verify_stored`]). Same counting and outcome as [`Security::admit`].
+    pub fn admit_stored(
+        &self,
+        metrics: &Metrics,
+        subject: &str,
+        claim: Claim<'_>,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        stored_at: DateTime<Utc>,
+    ) -> bool {
+        self.check(metrics, subject, claim, headers, |v, trust, h| {
+            v.verify_stored(trust, subject, payload, h, stored_at)
+        })
+    }
+
+    fn check(
+        &self,
+        metrics: &Metrics,
+        subject: &str,
+        claim: Claim<'_>,
+        headers: Option<&HeaderMap>,
+        verify: impl FnOnce(&mut Verifier, &TrustList, SigHeaders<'_>) -> Result<Trusted, Reject>,
+    ) -> bool {
+        if !self.mode.checks() {
+            return true;
+        }
+        let trust = self.trust();
+        let h = sig_headers(headers);
+        let verdict = self
+            .verifier
+            .lock()
+            .map(|mut v| verify(&mut v, &trust, h))
+            .unwrap_or(Err(Reject::Malformed))
+            .and_then(|who| check_claim(&who, &claim).map(|_| who));
+        self.conclude(metrics, subject, &claim, &trust, verdict)
+    }
+
+    fn conclude(
+        &self,
+        metrics: &Metrics,
+        subject: &str,
+        claim: &Claim<'_>,
+        trust: &TrustList,
+        verdict: Result<Trusted, Reject>,
+    ) -> bool {
+        match verdict {
+            Ok(_) => {
+                metrics
+                    .trust_verified
+                    .get_or_create(&vec![("subject", crate::metrics::subject_label(subject))])
+                    .inc();
+                true
+            }
+            Err(reason) => {
+                let claimed = claim.ids.first().copied().unwrap_or("");
+                // The label stays bounded: strangers' made-up IDs are all `unknown`.
+                let label = if trust.knows_id(claimed) {
+                    claimed
+                } else {
+                    "unknown"
+                };
+                metrics.trust_rejected(subject, reason.as_str(), label);
+                if let Some(suppressed) = self.log_gate.allow() {
+                    tracing::warn!(subject, reason = %reason, sender = claimed, mode = self.mode.as_str(), suppressed,
+                        "{}", if self.mode.drops() { "message failed verification; dropped" } else { "message failed verification; enforce mode would drop it" });
+                }
+                !self.mode.drops()
+            }
+        }
+    }
+}
+
+fn check_claim(who: &Trusted, claim: &Claim<'_>) -> Result<(), Reject> {
+    for id in &claim.ids {
+        Verifier::claim(who, Some(id), None)?;
+    }
+    match claim.role {
+        Some(r) => Verifier::claim(who, None, Some(r)),
+        // A node must say what it is; a trusted key does not lend its role to a silent body.
+        None => Err(Reject::RoleMismatch),
+    }
+}
+
+fn sig_headers(h: Option<&HeaderMap>) -> SigHeaders<'_> {
+    let get = |k: &str| h.and_then(|h| h.get(k)).map(|v| v.as_str());
+    SigHeaders {
+        key: get(HDR_KEY),
+        time: get(HDR_SIG_TIME),
+        sig: get(HDR_SIG),
+    }
+}
+
+/// Keeps `/healthz` honest about trust and reloads the trust file every `period` (as the
+/// member list is reloaded); a bad reload keeps the last good list and says so.
+pub async fn watch_trust(
+    node: crate::cluster::Node,
+    role: Role,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let sec = node.options().security.clone();
+    let health = node.health().clone();
+    let judge = |sec: &Security| {
+        if sec.public_key().is_some()
+            && sec.mode().checks()
+            && !sec.trusts_self(node.id().as_str(), role)
+        {
+            health.fail(
+                crate::health::Part::Security,
+                format!(
+                    "this node's key {} is not trusted as {} ({}): nodes in enforce mode drop what it signs",
+                    sec.public_key().unwrap_or_default(),
+                    node.id(),
+                    role
+                ),
+            );
+        } else {
+            health.recover(crate::health::Part::Security);
+        }
+    };
+    judge(&sec);
+    if !sec.has_trust_file() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+        match sec.reload() {
+            Ok(n) => {
+                tracing::debug!(trusted = n, "trust list reloaded");
+                judge(&sec);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "trust file reload failed; keeping the last good trust list");
+                health.fail(
+                    crate::health::Part::Security,
+                    format!("trust file reload failed (the last good list is in use): {e}"),
+                );
+            }
+        }
+    }
+}

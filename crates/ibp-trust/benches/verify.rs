@@ -1,0 +1,73 @@
+//! Signature checks per second on one core: what verifying every consensus message costs.
+//! `cargo bench -p ibp-trust --bench verify` prints one JSON line per case.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ibp_trust::{Identity, SigHeaders, TrustEntry, TrustList, Verifier};
+
+fn main() {
+    let key = Identity::generate();
+    let entries = [TrustEntry {
+        public_key: key.public_key().into(),
+        node_id: "monitor-1".into(),
+        role: "IBPMonitor".into(),
+    }];
+    let trust = TrustList::build([("trust", &entries[..])]).expect("trust");
+    // A vote is ~170 bytes, a finalize ~600: sign a realistic mix.
+    let n = 20_000;
+    let now = Utc::now();
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let pad = if i % 2 == 0 { 170 } else { 600 };
+            format!(
+                "{{\"ProposalID\":\"{i:08}\",\"x\":\"{}\"}}",
+                "y".repeat(pad)
+            )
+            .into_bytes()
+        })
+        .collect();
+    let t = Instant::now();
+    let sigs: Vec<_> = payloads
+        .iter()
+        .map(|p| key.sign("consensus.vote", p, now))
+        .collect();
+    let sign = t.elapsed();
+    let mut v = Verifier::new(Duration::from_secs(120), 262_144);
+    let t = Instant::now();
+    let mut ok = 0;
+    for (p, s) in payloads.iter().zip(&sigs) {
+        let h = SigHeaders {
+            key: Some(&s.key),
+            time: Some(&s.time),
+            sig: Some(&s.sig),
+        };
+        if v.verify(&trust, "consensus.vote", p, h, now).is_ok() {
+            ok += 1;
+        }
+    }
+    let verify = t.elapsed();
+    assert_eq!(ok, n);
+    // Rejections that never reach the curve: unsigned, untrusted key, replay.
+    let t = Instant::now();
+    for (p, s) in payloads.iter().zip(&sigs) {
+        let h = SigHeaders {
+            key: Some(&s.key),
+            time: Some(&s.time),
+            sig: Some(&s.sig),
+        };
+        let _ = v.verify(&trust, "consensus.vote", p, h, now);
+    }
+    let replay = t.elapsed();
+    for (case, d) in [
+        ("sign", sign),
+        ("verify", verify),
+        ("reject_replay", replay),
+    ] {
+        println!(
+            "{{\"bench\":\"trust_{case}\",\"messages\":{n},\"per_s_one_core\":{:.0},\"us_each\":{:.2}}}",
+            n as f64 / d.as_secs_f64(),
+            d.as_secs_f64() * 1e6 / n as f64
+        );
+    }
+}

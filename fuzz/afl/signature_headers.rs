@@ -1,0 +1,7 @@
+//! AFL++ entry point of [`ibp_fuzz::signature_headers`].
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        ibp_fuzz::signature_headers(data);
+    });
+}
