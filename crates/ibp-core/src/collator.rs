@@ -176,6 +176,35 @@ impl VoteCache {
         }
     }
 
+    /// Reports, before their grace is over, the decisions that need nothing more: all of
+    /// them without `backing`, else those a failed finalize closed or whose cached votes
+    /// already back them. (A DNS node applies decisions at once; the collator waits the
+    /// grace so its outage records carry every vote.)
+    pub fn release_ready(&mut self, backing: Option<&Backing<'_>>) -> Vec<Effect> {
+        let ready: Vec<String> = self
+            .closing
+            .iter()
+            .filter(|(id, (_, f, _))| match backing {
+                None => true,
+                Some(_) if !f.passed => true,
+                Some(check) => {
+                    let empty = BTreeMap::new();
+                    let votes = self.entries.get(*id).map(|e| &e.votes).unwrap_or(&empty);
+                    let (yes, need) = check(votes);
+                    yes >= need
+                }
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut out = Vec::with_capacity(ready.len());
+        for id in ready {
+            if let Some((_, f, received)) = self.closing.remove(&id) {
+                out.push(Effect::Decided(self.report(f, received)));
+            }
+        }
+        out
+    }
+
     /// Reports decisions whose vote grace is over; every 30 s drops entries older than the
     /// lifetime (local time) and forgets old decisions. With `backing` set (a quorum floor,
     /// enforced trust), a passed decision is reported only if the cached agreeing votes of

@@ -1,5 +1,6 @@
 //! One node's core: membership plus, by role, consensus (monitor) or the vote cache
-//! (collator). The shell feeds it messages and the time; it returns effects.
+//! (collator, and DNS nodes, which follow decisions without voting). The shell feeds it
+//! messages and the time; it returns effects.
 
 use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote};
 
@@ -67,7 +68,7 @@ impl Engine {
     pub fn new(me: SelfInfo, role: Role, cfg: CoreConfig, ids: Box<dyn IdSource>) -> Engine {
         let consensus =
             (role == Role::Monitor).then(|| Consensus::new(me.node_id.clone(), cfg.clone(), ids));
-        let cache = (role == Role::Collator).then(|| VoteCache::new(&cfg));
+        let cache = matches!(role, Role::Collator | Role::Dns).then(|| VoteCache::new(&cfg));
         Engine {
             gc_interval: cfg.gc_interval,
             cfg: cfg.clone(),
@@ -185,6 +186,7 @@ impl Engine {
                     cons.on_vote(v, now, &self.membership, c, &mut out);
                 } else if let Some(cache) = &mut self.cache {
                     cache.on_vote(v, now, c);
+                    self.release_early(now, &mut out);
                 }
             }
             Input::Finalize(f) => {
@@ -206,10 +208,31 @@ impl Engine {
                     cons.on_finalize(f, now, &self.membership, c, &mut out);
                 } else if let Some(cache) = &mut self.cache {
                     cache.on_finalize(f, now, c);
+                    self.release_early(now, &mut out);
                 }
             }
         }
         out
+    }
+
+    /// A DNS node follows decisions as soon as they stand: at once without a quorum floor
+    /// or enforced trust, else as soon as the votes it cached back them (the grace is only
+    /// for votes still in flight).
+    fn release_early(&mut self, now: Now, out: &mut Vec<Effect>) {
+        if self.membership.role() != Role::Dns {
+            return;
+        }
+        let Some(cache) = &mut self.cache else {
+            return;
+        };
+        let m = &self.membership;
+        let cfg = &self.cfg;
+        let check =
+            |votes: &std::collections::BTreeMap<String, bool>| backing_of(votes, m, cfg, now);
+        let required = cfg.min_quorum.is_some() || cfg.verify_finalizes;
+        out.extend(
+            cache.release_ready(required.then_some(&check as &dyn Fn(&_) -> (usize, usize))),
+        );
     }
 
     /// Handles everything due at `now`: joins, heartbeats, timeouts, garbage collection.

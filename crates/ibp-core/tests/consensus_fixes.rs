@@ -449,3 +449,51 @@ fn a_message_sent_before_a_leave_but_delivered_after_it_does_not_bring_the_node_
     e.handle(join_at("m2", secs(20)), secs(20));
     assert_eq!(e.count_active(Role::Monitor, secs(20)), 2);
 }
+
+mod dns {
+    use super::*;
+
+    fn decided(fx: &[Effect]) -> Vec<bool> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Decided(d) => Some(d.passed),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dns_node_applies_a_decision_the_moment_it_arrives() {
+        let mut e = engine("dns-1", Role::Dns, CoreConfig::default());
+        with_monitors(&mut e, &["m1", "m2", "m3"], t0());
+        let p = proposal("A", "m1", "alpha", false, t0());
+        // No vote grace: the answers follow the finalize at once, and never vote.
+        let fx = e.handle(finalize(&p, "m1", true), at(1));
+        assert_eq!(decided(&fx), [true]);
+        assert!(votes_out(&fx).is_empty());
+    }
+
+    #[test]
+    fn with_verified_finalizes_a_dns_node_waits_for_the_votes_that_back_a_decision() {
+        let cfg = CoreConfig {
+            verify_finalizes: true,
+            ..CoreConfig::default()
+        };
+        let mut e = engine("dns-1", Role::Dns, cfg);
+        with_monitors(&mut e, &["m1", "m2", "m3"], t0());
+        let p = proposal("A", "m1", "alpha", false, t0());
+        // The finalize arrives before its votes: held, then released by the second vote.
+        assert!(decided(&e.handle(finalize(&p, "m1", true), at(1))).is_empty());
+        assert!(decided(&e.handle(vote("A", "m1", true), at(2))).is_empty());
+        assert_eq!(decided(&e.handle(vote("A", "m2", true), at(3))), [true]);
+        // A lone finalize nobody voted for is refused when its grace is over.
+        let q = proposal("B", "m1", "beta", false, t0());
+        assert!(decided(&e.handle(finalize(&q, "m1", true), at(4))).is_empty());
+        let fx = advance(&mut e, secs(30));
+        assert!(decided(&fx).is_empty());
+        assert!(
+            fx.iter()
+                .any(|x| matches!(x, Effect::FinalizeRefused { .. }))
+        );
+    }
+}

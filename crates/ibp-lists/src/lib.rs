@@ -23,6 +23,12 @@ pub struct Member {
     pub assignments: BTreeMap<String, Vec<String>>,
     /// `Override` (absent in the public lists): the member is taken out of checks and DNS.
     pub override_: bool,
+    /// The key of the member in the members map (usually equal to `name`).
+    pub key: String,
+    /// `Location.Latitude`, degrees (0 when absent).
+    pub latitude: f64,
+    /// `Location.Longitude`, degrees (0 when absent).
+    pub longitude: f64,
 }
 
 impl Member {
@@ -77,6 +83,14 @@ fn num(v: Option<&Value>) -> u64 {
         Some(Value::String(s)) => s.parse().unwrap_or(0),
         Some(Value::Bool(b)) => u64::from(*b),
         _ => 0,
+    }
+}
+
+fn float(v: Option<&Value>) -> f64 {
+    match v {
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(0.0),
+        _ => 0.0,
     }
 }
 
@@ -140,6 +154,9 @@ impl IbpConfig {
                     assignments,
                     override_: matches!(obj_get(v, "Override"), Some(Value::Bool(true)))
                         || num(obj_get(v, "Override")) != 0,
+                    key: key.clone(),
+                    latitude: float(obj_get(v, "Location").and_then(|l| obj_get(l, "Latitude"))),
+                    longitude: float(obj_get(v, "Location").and_then(|l| obj_get(l, "Longitude"))),
                 },
             );
         }

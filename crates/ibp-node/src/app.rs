@@ -14,7 +14,9 @@ use crate::cluster::{Clock, Node, NodeOptions, SystemClock};
 use crate::config::NodeConfig;
 use crate::http::{AppState, serve};
 use crate::ibp_config::SharedIbpConfig;
-use crate::roles::{ChecksService, CollatorService, DnsService, MonitorService, StorageHealth};
+use crate::roles::{
+    ChecksService, CollatorService, DnsService, GeoDnsService, MonitorService, StorageHealth,
+};
 
 /// Why a node could not start. The message is one line, naming the cause.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,17 @@ pub enum StartError {
     /// The built-in checks cannot run (no trust store, a bad CA file).
     #[error("checks: {0}")]
     Checks(String),
+    /// The DNS answering side cannot start (MaxMind, saved overrides).
+    #[error("geodns: {0}")]
+    GeoDns(#[from] crate::roles::GeoDnsError),
+    /// The built-in DNS listener cannot bind.
+    #[error("cannot listen for DNS on {addr}: {source}")]
+    Dns {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running node.
@@ -58,6 +71,11 @@ pub struct App {
     pub collator: Option<CollatorService>,
     /// Built-in checks (monitors with enabled `Checks`).
     pub checks: Option<ChecksService>,
+    /// GeoDNS answers (DNS role).
+    pub geodns: Option<GeoDnsService>,
+    /// The built-in DNS listener's address (UDP and TCP), when one runs.
+    pub dns_addr: Option<SocketAddr>,
+    dns_listener: Option<crate::dns_listener::DnsListener>,
     /// The member and service lists.
     pub ibp_config: SharedIbpConfig,
     store: Store,
@@ -163,14 +181,28 @@ impl App {
             None
         };
 
+        let mut geodns = None;
+        let mut geodns_rx = None;
         let (monitor, dns, collator, services, official_rx, decision_rx) = match cfg.role {
             Role::Monitor => {
                 let (m, s, rx) = MonitorService::open(writes.clone()).await?;
                 (Some(m), None, None, s, Some(rx), None)
             }
             Role::Dns => {
-                let (d, s) =
+                let (d, mut s) =
                     DnsService::open(writes.clone(), cfg.node_id.as_str(), cfg.hit_limits).await?;
+                let g = GeoDnsService::open(
+                    cfg.geodns.clone(),
+                    d.clone(),
+                    &cfg.work_dir,
+                    cfg.node_id.as_str(),
+                    cfg.security.mode == ibp_trust::Mode::Enforce,
+                )?;
+                // Decisions reach the answers losslessly and in order.
+                let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                s.decision_sink = Some(tx);
+                geodns = Some(g);
+                geodns_rx = Some(rx);
                 (None, Some(d), None, s, None, None)
             }
             Role::Collator => {
@@ -217,6 +249,35 @@ impl App {
             drain_tasks.push(tokio::spawn(
                 d.clone().run_flusher(cfg.flush_interval, stop.subscribe()),
             ));
+        }
+        let mut dns_listener = None;
+        if let Some(g) = &geodns {
+            if let Some(rx) = geodns_rx.take() {
+                tasks.push(tokio::spawn(g.clone().follow_decisions(rx)));
+            }
+            g.rebuild(ibp_config.get().as_deref());
+            tasks.push(tokio::spawn(g.clone().follow_lists(
+                ibp_config.clone(),
+                crate::ibp_config::FetchLimits {
+                    max_bytes: cfg.lists_max_bytes,
+                    timeout: cfg.lists_timeout,
+                },
+                cfg.config_reload,
+                stop.subscribe(),
+            )));
+            tasks.push(tokio::spawn(g.clone().poll_results(stop.subscribe())));
+            let (g2, node2, stop2) = (g.clone(), node.clone(), stop.subscribe());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = g2.follow_overrides(node2, stop2).await {
+                    tracing::error!(error = %e, "cannot subscribe geodns.override.update");
+                }
+            }));
+            if let Some(addr) = cfg.geodns.listen {
+                let l = crate::dns_listener::DnsListener::start(addr, g.clone())
+                    .await
+                    .map_err(|source| StartError::Dns { addr, source })?;
+                dns_listener = Some(l);
+            }
         }
         if let Some(c) = &collator {
             if let Some(rx) = decision_rx
@@ -288,6 +349,7 @@ impl App {
             dns: dns.clone(),
             collator: collator.clone(),
             checks: checks.clone(),
+            geodns: geodns.clone(),
             writes: crate::http::WriteLock::for_listener(
                 http_addr,
                 cfg.security.http_write_token.clone(),
@@ -312,6 +374,9 @@ impl App {
             dns,
             collator,
             checks,
+            geodns,
+            dns_addr: dns_listener.as_ref().map(|l| l.addr),
+            dns_listener,
             ibp_config,
             store,
             stop,
@@ -333,6 +398,9 @@ impl App {
         let _ = self.http_stop.send(true);
         if let Some(h) = self.http_task.take() {
             let _ = tokio::time::timeout(crate::http::SHUTDOWN_GRACE, h).await;
+        }
+        if let Some(l) = self.dns_listener.take() {
+            l.shutdown().await;
         }
         let _ = self.stop.send(true);
         if let Some(t) = self.durable_task.take()

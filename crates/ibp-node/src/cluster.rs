@@ -332,6 +332,18 @@ impl Node {
         &self.inner.conn
     }
 
+    /// Whether a message any trusted key may send (whatever its role) is admitted under
+    /// this node's trust mode; failures are counted and logged as for consensus messages.
+    pub fn admit_operator(&self, subject: &str, msg: &async_nats::Message) -> bool {
+        self.inner.opts.security.admit_any_trusted(
+            &self.inner.metrics,
+            subject,
+            msg.headers.as_ref(),
+            &msg.payload,
+            self.inner.opts.clock.now(),
+        )
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
@@ -480,6 +492,10 @@ impl Node {
                 self.subscribe_input::<Proposal>(subjects::PROPOSE, Input::Proposal)
                     .await?,
             );
+        }
+        // DNS nodes follow decisions (and, for the floor and enforce mode, the votes that
+        // back them) to answer from them at once; they never vote.
+        if matches!(role, Role::Monitor | Role::Collator | Role::Dns) {
             subs.push(
                 self.subscribe_input::<Vote>(subjects::VOTE, Input::Vote)
                     .await?,

@@ -14,7 +14,9 @@ use serde_json::Value;
 
 use crate::connection::ConnectOptions;
 
+mod geodns;
 mod security;
+pub use geodns::{GeoDnsConfig, GeoDnsFile};
 pub use security::{DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, SecurityConfig, SecuritySection};
 
 /// A configuration problem: which field, and why.
@@ -256,6 +258,14 @@ pub struct DnsSection {
     pub flush_at_keys: usize,
     /// Most distinct pending usage keys held in memory (200,000); see `HitLimits`.
     pub max_pending_keys: usize,
+    /// The built-in DNS listener, UDP and TCP (`127.0.0.1:5353`); none by default.
+    pub listen: Option<String>,
+    /// Monitors' `/results` URLs to bootstrap and repair health from (default: from
+    /// `DnsApi.MonitorAddress` and `MonitorPort`).
+    pub monitors: Vec<String>,
+    /// Leave members whose `Service.Active` is 0 out of answers (true; the Go node
+    /// answers with them).
+    pub skip_inactive: bool,
 }
 
 impl Default for DnsSection {
@@ -264,6 +274,9 @@ impl Default for DnsSection {
             flush_interval: "5m".into(),
             flush_at_keys: 100_000,
             max_pending_keys: 200_000,
+            listen: None,
+            monitors: Vec::new(),
+            skip_inactive: true,
         }
     }
 }
@@ -293,6 +306,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// `System.ConfigUrls`.
     pub config_urls: BTreeMap<String, String>,
+    /// The DNS node's Go sections (`DnsApi` poll settings, `Maxmind`, `GeoDNSOverrides`).
+    pub geodns: GeoDnsFile,
     /// `System.ConfigReloadTime` (seconds).
     pub config_reload: Option<Duration>,
     /// `System.MinimumOfflineTime` (seconds).
@@ -433,6 +448,7 @@ impl FileConfig {
                 }
             }
         }
+        c.geodns = geodns::parse_file(&root)?;
         if let Some(w) = get(&root, "CheckWorkers") {
             c.check_workers = match get(w, "numWorkers") {
                 None => None,
@@ -512,6 +528,8 @@ pub struct Overrides {
     pub db: Option<String>,
     /// `--work-dir`.
     pub work_dir: Option<PathBuf>,
+    /// `--dns-listen`.
+    pub dns_listen: Option<String>,
 }
 
 /// The resolved configuration a node runs with.
@@ -555,6 +573,8 @@ pub struct NodeConfig {
     pub checker: ibp_checks::CheckerSettings,
     /// Signing, verification, the HTTP write lock.
     pub security: SecurityConfig,
+    /// What a DNS node answers from and where.
+    pub geodns: GeoDnsConfig,
     /// Log level from the file (`RUST_LOG` wins).
     pub log_level: Option<String>,
     /// Log format from the file (the flag wins).
@@ -809,6 +829,19 @@ impl NodeConfig {
             })?;
         }
         let run_checks = cs.enabled.unwrap_or(true) && file.checks.iter().any(|c| c.enabled);
+        let (listen, listen_field) = match (&o.dns_listen, &dns.listen) {
+            (Some(l), _) => (Some(l.as_str()), "--dns-listen"),
+            (None, Some(l)) => (Some(l.as_str()), "IbpNode.dns.listen"),
+            (None, None) => (None, ""),
+        };
+        let geodns = geodns::resolve(
+            &file.geodns,
+            file.config_urls.get("StaticDNSConfig"),
+            listen,
+            listen_field,
+            &dns.monitors,
+            dns.skip_inactive,
+        )?;
         let mut security =
             SecurityConfig::resolve(ibp.security.as_ref(), nats.nkey_seed.as_deref())?;
         if let Some(id) = &security.identity {
@@ -889,6 +922,7 @@ impl NodeConfig {
             run_checks,
             checker,
             security,
+            geodns,
         })
     }
 }

@@ -9,6 +9,7 @@
 //!   the IBP member and service lists.
 //! * [`metrics`] — each node's own Prometheus registry; [`health`] — what `/healthz` says.
 //! * [`durable`] — the collator's JetStream consumer of decisions.
+//! * [`dns_listener`] — the built-in DNS listener answering from [`roles::GeoDnsService`].
 //! * [`security`] — signing and verifying consensus messages (`ibp-trust`), by mode.
 pub mod app;
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod dns_listener;
 pub mod durable;
 pub mod health;
 pub mod http;

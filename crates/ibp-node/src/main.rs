@@ -96,6 +96,10 @@ struct RunArgs {
     /// Working directory (default: System.WorkDir, else ./ibp-data).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// DNS role: answer DNS queries on this address, UDP and TCP (e.g. 127.0.0.1:5353), as
+    /// well as the PowerDNS remote backend on the HTTP API (default: IbpNode.dns.listen).
+    #[arg(long)]
+    dns_listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -246,6 +250,7 @@ async fn run(args: RunArgs, format: Option<LogFormat>) -> Result<()> {
         http: args.http,
         db: args.db,
         work_dir: args.work_dir,
+        dns_listen: args.dns_listen,
     };
     let cfg = NodeConfig::resolve(&file, &overrides)?;
     let format = format.or(match cfg.log_format.as_deref() {

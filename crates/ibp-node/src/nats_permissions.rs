@@ -39,8 +39,15 @@ pub fn permissions(role: Role) -> Permissions {
             true
         }
         Role::Dns => {
+            // DNS nodes answer from decisions (and the votes that back them in enforce
+            // mode), and follow operators' country overrides; they publish no decision.
             publish.push(subjects::USAGE_DATA);
-            subscribe.push(subjects::USAGE_GET);
+            subscribe.extend([
+                subjects::USAGE_GET,
+                subjects::VOTE,
+                subjects::FINALIZE,
+                ibp_geodns::overrides::SUBJECT,
+            ]);
             true
         }
         Role::Collator => {
@@ -138,7 +145,11 @@ mod tests {
             assert!(!permissions(Role::Dns).publish.contains(&s));
             assert!(!permissions(Role::Collator).publish.contains(&s));
         }
-        assert!(!permissions(Role::Dns).subscribe.contains(&subjects::VOTE));
+        assert!(
+            !permissions(Role::Dns)
+                .subscribe
+                .contains(&subjects::PROPOSE)
+        );
         // Every subject a role subscribes to in the protocol is allowed.
         for r in Role::ALL {
             for s in subjects::subscriptions(r) {

@@ -256,6 +256,25 @@ impl Security {
         })
     }
 
+    /// Checks a live message that any trusted key may send, whatever its role (an
+    /// operator's `geodns.override.update`). Counted and concluded as [`Security::admit`].
+    pub fn admit_any_trusted(
+        &self,
+        metrics: &Metrics,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        now: DateTime<Utc>,
+    ) -> bool {
+        let anyone = Claim {
+            ids: Vec::new(),
+            role: None,
+        };
+        self.check_as(metrics, subject, anyone, false, headers, |v, trust, h| {
+            v.verify(trust, subject, payload, h, now)
+        })
+    }
+
     /// Checks a message a JetStream stream stored at `stored_at` (aged by that time; see
     /// [`Verifier::verify_stored`]). Same counting and outcome as [`Security::admit`].
     pub fn admit_stored(
@@ -280,6 +299,19 @@ impl Security {
         headers: Option<&HeaderMap>,
         verify: impl FnOnce(&mut Verifier, &TrustList, SigHeaders<'_>) -> Result<Trusted, Reject>,
     ) -> bool {
+        self.check_as(metrics, subject, claim, true, headers, verify)
+    }
+
+    /// [`Security::check`]; without `claimed`, any trusted key may send it.
+    fn check_as(
+        &self,
+        metrics: &Metrics,
+        subject: &str,
+        claim: Claim<'_>,
+        claimed: bool,
+        headers: Option<&HeaderMap>,
+        verify: impl FnOnce(&mut Verifier, &TrustList, SigHeaders<'_>) -> Result<Trusted, Reject>,
+    ) -> bool {
         if !self.mode.checks() {
             return true;
         }
@@ -290,7 +322,12 @@ impl Security {
             .lock()
             .map(|mut v| verify(&mut v, &trust, h))
             .unwrap_or(Err(Reject::Malformed))
-            .and_then(|who| check_claim(&who, &claim).map(|_| who));
+            .and_then(|who| {
+                if claimed {
+                    check_claim(&who, &claim)?;
+                }
+                Ok(who)
+            });
         self.conclude(metrics, subject, &claim, &trust, verdict)
     }
 

@@ -79,6 +79,7 @@ fn collator_config(url: &str, db: &str, dir: &std::path::Path, jetstream: bool) 
         http: Some("127.0.0.1:0".into()),
         db: Some(db.into()),
         work_dir: Some(dir.to_path_buf()),
+        dns_listen: None,
     };
     let mut cfg = NodeConfig::resolve(&FileConfig::default(), &o).expect("config");
     cfg.collator.hourly = false;

@@ -192,8 +192,13 @@ fn flags_override_the_file() {
         http: Some("127.0.0.1:7001".into()),
         db: Some("sqlite:///tmp/f.db".into()),
         work_dir: None,
+        dns_listen: Some("127.0.0.1:5353".into()),
     };
     let cfg = NodeConfig::resolve(&f, &o).expect("resolves");
+    assert_eq!(
+        cfg.geodns.listen,
+        Some("127.0.0.1:5353".parse().expect("addr"))
+    );
     assert_eq!(
         (
             cfg.role,
@@ -377,4 +382,37 @@ fn security_settings_are_checked_at_start_and_name_the_field() {
     let w = cfg.security.warnings.join("\n");
     assert!(w.contains("chmod 600"), "{w}");
     assert!(w.contains("trusted as monitor-2"), "{w}");
+}
+
+#[test]
+fn the_go_dns_config_gives_the_geodns_settings() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/go-configs/dns.json"
+    ))
+    .expect("fixture");
+    let f = FileConfig::parse(&text).expect("parses");
+    let cfg = NodeConfig::resolve(&f, &Overrides::default()).expect("resolves");
+    let g = &cfg.geodns;
+    assert_eq!(g.monitors, ["http://127.0.0.1:6101/results"]);
+    assert_eq!(g.refresh, std::time::Duration::from_secs(30));
+    assert!(
+        g.static_url
+            .as_deref()
+            .is_some_and(|u| u.ends_with("geodns-static.json"))
+    );
+    assert_eq!(
+        g.overrides
+            .as_ref()
+            .and_then(|o| o["example.com"]["CN"]["memberName"].as_str()),
+        Some("Stake Plus")
+    );
+    assert_eq!(g.listen, None);
+
+    let bad = FileConfig::parse(r#"{"IbpNode":{"role":"dns","dns":{"listen":"nope"}}}"#)
+        .and_then(|f| NodeConfig::resolve(&f, &Overrides::default()));
+    let e = bad
+        .expect_err("a bad listen address is refused")
+        .to_string();
+    assert!(e.contains("IbpNode.dns.listen"), "{e}");
 }

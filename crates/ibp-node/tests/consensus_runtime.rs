@@ -257,6 +257,13 @@ async fn enabling_twice_is_an_error_and_roles_subscribe_exactly_their_subjects()
             .map(|s| s.to_string())
             .collect();
         v.push(ibp_wire::ext::LEAVE_SUBJECT.to_string());
+        if role == Role::Dns {
+            // Beyond the Go DNS node: it answers from decisions as they are made.
+            v.extend([
+                ibp_wire::subjects::VOTE.to_string(),
+                ibp_wire::subjects::FINALIZE.to_string(),
+            ]);
+        }
         v.sort();
         v
     };

@@ -19,6 +19,7 @@ fn config(id: &str, url: &str, dir: &std::path::Path) -> NodeConfig {
             dir.join(format!("{id}.db")).display()
         )),
         work_dir: Some(dir.to_path_buf()),
+        dns_listen: None,
     };
     NodeConfig::resolve(&FileConfig::default(), &o).expect("config")
 }

@@ -230,7 +230,8 @@ async fn a_cluster_runs_under_per_role_permissions_and_dns_credentials_cannot_pu
     .expect("downtime");
     assert_eq!(dt.answered.len(), 3, "every monitor answers");
 
-    // A DNS node's credentials: no consensus publishing, no reading votes.
+    // A DNS node's credentials: no consensus publishing, no reading proposals (it reads
+    // votes and finalizes to answer from decisions).
     let (evil, mut errors) = client_as(&server, Role::Dns).await;
     evil.publish(subjects::FINALIZE.to_string(), forged_finalize("Victim"))
         .await
@@ -238,11 +239,11 @@ async fn a_cluster_runs_under_per_role_permissions_and_dns_credentials_cannot_pu
     evil.flush().await.expect("flush");
     violation(&mut errors, subjects::FINALIZE).await;
     let _sub = evil
-        .subscribe(subjects::VOTE.to_string())
+        .subscribe(subjects::PROPOSE.to_string())
         .await
         .expect("sub sent");
     evil.flush().await.expect("flush");
-    violation(&mut errors, subjects::VOTE).await;
+    violation(&mut errors, subjects::PROPOSE).await;
     for m in &monitors {
         assert!(
             m.node

@@ -6,6 +6,7 @@
 //! * [`NatsCluster`] starts three such servers joined by routes.
 //! * [`TestDatabase`] creates a fresh MariaDB/MySQL database and drops it afterwards.
 //! * [`test_seed`] and [`Rng`] make randomised tests replayable.
+//! * [`geo`] writes made-up MaxMind databases and runs a real PowerDNS and `dig`.
 //!
 //! Every server gets its own process and directory, so tests that kill or reconfigure a
 //! server never share it. Everything is cleaned up on drop.
@@ -15,6 +16,7 @@ mod nats;
 mod seed;
 
 pub mod endpoints;
+pub mod geo;
 pub use mysql::{Session, TestDatabase};
 pub use nats::{
     Auth, ClientAuth, HarnessError, NatsCluster, NatsServer, ServerOptions, nats_server_bin,

@@ -140,6 +140,7 @@ fn node_config(
             dir.join(format!("{id}.db")).display()
         )),
         work_dir: Some(dir.to_path_buf()),
+        dns_listen: None,
     };
     let mut cfg = NodeConfig::resolve(&FileConfig::default(), &o).map_err(|e| e.to_string())?;
     cfg.collator.hourly = false;

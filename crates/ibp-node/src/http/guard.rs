@@ -1,6 +1,6 @@
 //! Who may write through the HTTP API. Reads stay open (Go DNS nodes read `/results`
 //! without credentials); every write — any method but GET, HEAD and OPTIONS, on any path
-//! but `/results` — needs the bearer token when one is configured, and is refused outright
+//! but `/results`, `/dns` (PowerDNS's questions) and `/process` — needs the bearer token when one is configured, and is refused outright
 //! on a non-loopback listener without one.
 
 use axum::extract::{Request, State};
@@ -55,8 +55,10 @@ impl WriteLock {
 }
 
 fn is_write(req: &Request) -> bool {
+    // `/dns` is PowerDNS asking questions (POST), and `/process` flushes counters the
+    // node holds anyway: neither changes what the node decides or answers.
     !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        && req.uri().path() != "/results"
+        && !matches!(req.uri().path(), "/results" | "/dns" | "/process")
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.

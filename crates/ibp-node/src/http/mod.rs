@@ -40,6 +40,8 @@ pub struct AppState {
     pub collator: Option<CollatorService>,
     /// Built-in checks (monitors that run them).
     pub checks: Option<crate::roles::ChecksService>,
+    /// GeoDNS answers (DNS role): the PowerDNS remote backend at `/dns`.
+    pub geodns: Option<crate::roles::GeoDnsService>,
     /// Who may write.
     pub writes: WriteLock,
     /// Largest request body, bytes.
@@ -82,6 +84,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/usage", get(usage_totals))
         .route("/results", any(results))
+        .route("/dns", any(dns_backend))
+        .route("/process", any(process))
+        .route("/v1/geodns", get(geodns_status))
         .route("/metrics", get(metrics))
         .route("/v1/observations", post(observations))
         .route("/v1/usage/hits", post(hits))
@@ -279,6 +284,53 @@ async fn local(State(s): State<AppState>) -> Response {
 }
 
 /// The snapshot Go DNS nodes poll: official results if there are any, else local ones.
+/// The PowerDNS remote backend (dns.md §2): one JSON request in, `{"result": …}` out.
+async fn dns_backend(State(s): State<AppState>, body: Bytes) -> Response {
+    let Some(g) = &s.geodns else {
+        return not_for_role(&s.node, "/dns");
+    };
+    let (status, out) = g.backend(&body).await;
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        out,
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `/process?date=` (dns.md §2.1): flushes the usage counters now (every pending key,
+/// whatever its date, as the Go node).
+async fn process(
+    State(s): State<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(d) = &s.dns else {
+        return not_for_role(&s.node, "/process");
+    };
+    let date = q
+        .get("date")
+        .cloned()
+        .unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());
+    d.flush().await;
+    axum::Json(json!({
+        "message": format!("Usage processing triggered for {date}"),
+        "status": "success",
+    }))
+    .into_response()
+}
+
+/// What a DNS node answers from: zones, health freshness, overrides, counters.
+async fn geodns_status(State(s): State<AppState>) -> Response {
+    match &s.geodns {
+        Some(g) => axum::Json(g.status()).into_response(),
+        None => not_for_role(&s.node, "/v1/geodns"),
+    }
+}
+
 async fn results(State(s): State<AppState>) -> Response {
     if s.monitor.is_none() {
         return not_for_role(&s.node, "/results");

@@ -5,11 +5,13 @@
 mod checks;
 mod collator;
 mod dns;
+mod geodns;
 mod monitor;
 mod writes;
 
 pub use checks::{CheckView, ChecksService, LastView, observation, run_once};
 pub use collator::{CollatorService, CollectReport};
 pub use dns::{DnsService, Hit, HitError, HitLimits};
+pub use geodns::{GeoDnsCounters, GeoDnsError, GeoDnsService};
 pub use monitor::{MonitorService, ObservationResult, results_snapshot};
 pub use writes::{StorageHealth, WriteOutcome};

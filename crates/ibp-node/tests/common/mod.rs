@@ -23,6 +23,7 @@ pub fn node_config(role: &str, id: &str, url: &str, dir: &Path) -> NodeConfig {
             dir.join(format!("{id}.db")).display()
         )),
         work_dir: Some(dir.to_path_buf()),
+        dns_listen: None,
     };
     let mut cfg = NodeConfig::resolve(&FileConfig::default(), &o).expect("config");
     cfg.collator.hourly = false;

@@ -312,14 +312,35 @@ pub async fn drain(subs: Vec<async_nats::Subscriber>) -> Vec<async_nats::Message
 }
 
 /// Every monitor of `c` observes `member` up; returns the signed messages of that decision
-/// as a stranger recorded them (to replay).
+/// as a stranger recorded them (to replay). The nodes may apply the decision before the
+/// finalize reaches the stranger's connection, so recording ends only once a signed
+/// finalize has arrived (or `WAIT` has passed, which the caller's asserts then show).
 pub async fn recorded_baseline(c: &Cluster, member: &str) -> Vec<async_nats::Message> {
-    let (spy, subs) = capture(c).await;
+    let (spy, mut subs) = capture(c).await;
     for a in c.apps.iter().filter(|a| a.monitor.is_some()) {
         observe(a, member, true).await;
     }
     official_everywhere(c, member, true).await;
-    let captured = drain(subs).await;
+    // `capture` subscribes to the finalize subject last.
+    let mut finalize = subs.pop().expect("the finalize subscription");
+    let mut early = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        while let Some(m) = finalize.next().await {
+            let signed = m.headers.as_ref().is_some_and(|h| h.get(HDR_SIG).is_some());
+            early.push(m);
+            if signed {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut captured = drain(subs).await;
+    captured.extend(
+        early
+            .into_iter()
+            .filter(|m| m.headers.as_ref().is_some_and(|h| h.get(HDR_SIG).is_some())),
+    );
+    captured.extend(drain(vec![finalize]).await);
     drop(spy);
     assert!(!captured.is_empty(), "the spy saw signed messages");
     captured
