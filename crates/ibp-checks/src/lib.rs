@@ -1,4 +1,4 @@
-//! The IBP monitor's health checks, as the Go monitor runs them (`../shared/spec/checks.md`)
+//! The IBP monitor's health checks, as the Go monitor runs them (`docs/spec/checks.md`)
 //! with its weaknesses fixed:
 //!
 //! * [`items`] — what to check, from the member and service lists and the `Checks` config;

@@ -1,4 +1,4 @@
-//! What the IBP DNS node answers (`../shared/spec/dns.md`), without sockets or clocks:
+//! What the IBP DNS node answers (`docs/spec/dns.md`), without sockets or clocks:
 //!
 //! * [`zones`] — zones, zone ids and static records from the static DNS config and the
 //!   service list (each RPC hostname its own zone);

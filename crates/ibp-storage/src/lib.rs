@@ -3,7 +3,7 @@
 //! * **SQLite** — the embedded default, one file per node (`sqlite://PATH`);
 //! * **MySQL / MariaDB** — production, including a database the Go deployment already
 //!   uses (`mysql://user:pass@host:port/db`). Its tables (`requests`, `member_events`;
-//!   `../shared/spec/storage.md`) are used as they are: rows are never rewritten; missing
+//!   `docs/spec/storage.md`) are used as they are: rows are never rewritten; missing
 //!   tables are created; schema changes are versioned migrations ([`Store::migrate`]).
 //!
 //! Tables of this project's own (`ibp_results`, `ibp_processed_decisions`,

@@ -1,7 +1,7 @@
 //! Wire types of the IBP GeoDNS cluster protocol.
 //!
 //! This crate is the contract with the Go nodes that run in production today
-//! (`../shared/spec/protocol.md`). It owns:
+//! (`docs/spec/protocol.md`). It owns:
 //!
 //! * the message types of protocol §3 ([`Proposal`], [`Vote`], [`FinalizeMessage`],
 //!   [`ClusterMessage`], [`NodeInfo`], the usage and downtime request/response shapes);
