@@ -417,7 +417,7 @@ fn check_config_accepts_the_go_fixtures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_runs_its_script_with_real_checks_and_exits_zero() {
+async fn the_demo_runs_its_script_with_real_checks_and_dns_answers_and_exits_zero() {
     let out = common::cmd()
         .arg("demo")
         .env("RUST_LOG", "warn")
@@ -434,6 +434,9 @@ async fn the_demo_runs_its_script_with_real_checks_and_exits_zero() {
         "Syncing or not enough peers",
         "consensus: OFFLINE",
         "consensus: ONLINE",
+        // The answers of dns-1's own DNS listener follow both decisions.
+        "is out of the answers",
+        "again (",
         "collator recorded the outage",
         "=== summary ===",
         "usage collected per DNS node",

@@ -8,6 +8,7 @@
 //! every check fails, consensus marks the endpoint offline; it recovers, consensus marks it
 //! online; the DNS nodes count hits; the collator records the outage and collects usage.
 
+mod dns;
 mod endpoint;
 
 use std::io::{BufRead, BufReader};
@@ -140,7 +141,8 @@ fn node_config(
             dir.join(format!("{id}.db")).display()
         )),
         work_dir: Some(dir.to_path_buf()),
-        dns_listen: None,
+        // dns-1 answers DNS itself, so the demo can ask it like a resolver would.
+        dns_listen: (id == "dns-1").then(|| "127.0.0.1:0".to_string()),
     };
     let mut cfg = NodeConfig::resolve(&FileConfig::default(), &o).map_err(|e| e.to_string())?;
     cfg.collator.hourly = false;
@@ -422,6 +424,14 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         last_check(m1, &key)
     ));
 
+    let listener = apps[3].dns_addr.ok_or("dns-1 has no DNS listener")?;
+    let before = dns::ask(listener, &domain).await?;
+    t.say(format!(
+        "dns-1 answers {domain} A with {} (dig @127.0.0.1 -p {} {domain})",
+        dns::show(&before),
+        listener.port()
+    ));
+
     // The outage: the node loses its peers; every monitor's check sees it.
     let watch = || {
         monitors
@@ -445,6 +455,12 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         off_after.as_secs_f64() * 1000.0,
     ));
     decisions.push(("offline", d_off.clone()));
+    let (during, took) = dns::changed(listener, &domain, &before, Duration::from_secs(5)).await?;
+    t.say(format!(
+        "dns-1 now answers {domain} with {} ({:.0} ms after the decision reached monitor-1): {member} is out of the answers",
+        dns::show(&during),
+        took.as_secs_f64() * 1000.0
+    ));
     wait_official(&monitors, &key, false).await?;
     t.say(format!(
         "every monitor's official result: OFFLINE; monitor-1's check says: {}",
@@ -502,6 +518,26 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         last_check(m1, &key)
     ));
     decisions.push(("online", d_on.clone()));
+    let (after, took) = dns::changed(listener, &domain, &during, Duration::from_secs(5)).await?;
+    t.say(format!(
+        "dns-1 answers {domain} with {} again ({:.0} ms after the decision)",
+        dns::show(&after),
+        took.as_secs_f64() * 1000.0
+    ));
+    // Those answers were real: dns-1 counted each as a usage hit (country unknown).
+    let answered = apps[3]
+        .geodns
+        .as_ref()
+        .map(|g| {
+            g.counters()
+                .geo_answers
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .unwrap_or(0) as i64;
+    if let Some(s) = sent.iter_mut().find(|(n, _)| n == "dns-1") {
+        s.1 += answered;
+    }
+    apps[3].dns.as_ref().ok_or("dns")?.flush().await;
 
     // The collator's outage record.
     let collator = &apps[5];
