@@ -407,3 +407,66 @@ async fn in_enforce_mode_a_dns_node_answers_only_from_backed_decisions_and_signe
     both_answer([port, port], US, ALPHA).await;
     c.stop().await;
 }
+
+/// The acceptance: a real PowerDNS in front of `ibp-node run --role dns --config
+/// <the Go dns.json fixture, pointed at loopback>` answers GeoDNS and follows a decision;
+/// the built-in listener gives the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_dns_config_runs_behind_powerdns_as_a_process() {
+    let (dir, lists, nats) = setup();
+    let c = cluster_with(
+        nats,
+        &[
+            ("monitor-1", "monitor", "off"),
+            ("monitor-2", "monitor", "off"),
+            ("monitor-3", "monitor", "off"),
+        ],
+        |cfg| with_lists(cfg, &lists),
+    )
+    .await;
+    let fixture = include_str!("../../../fixtures/go-configs/dns.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(fixture).expect("fixture");
+    let http_port = common::free_port();
+    let dns_port = common::free_port();
+    let monitor = c.app("monitor-1").http_addr;
+    let urls = &mut cfg["System"]["ConfigUrls"];
+    urls["MembersConfig"] = lists.0.clone().into();
+    urls["ServicesConfig"] = lists.1.clone().into();
+    urls["StaticDNSConfig"] = lists.2.clone().into();
+    cfg["System"]["WorkDir"] = dir.path().display().to_string().into();
+    cfg["Maxmind"]["MaxmindDBPath"] = dir.path().display().to_string().into();
+    cfg["Nats"] = serde_json::json!({"NodeID": "DNS1", "Url": c.nats.url()});
+    cfg.as_object_mut().expect("object").remove("Mysql");
+    cfg["DnsApi"]["ListenAddress"] = "127.0.0.1".into();
+    cfg["DnsApi"]["ListenPort"] = http_port.to_string().into();
+    cfg["DnsApi"]["MonitorAddress"] = monitor.ip().to_string().into();
+    cfg["DnsApi"]["MonitorPort"] = monitor.port().to_string().into();
+    let file = dir.path().join("dns.json");
+    std::fs::write(&file, cfg.to_string()).expect("write");
+    let listen = format!("127.0.0.1:{dns_port}");
+    let file = file.display().to_string();
+    let mut child = common::spawn(&[
+        "run",
+        "--role",
+        "dns",
+        "--config",
+        &file,
+        "--dns-listen",
+        &listen,
+    ]);
+    let http = format!("127.0.0.1:{http_port}");
+    common::ready(&http, &mut child).await;
+    let pdns = PowerDns::start(&format!("http://{http}/dns"), None).expect("PowerDNS");
+    let ports = [pdns.port, dns_port];
+
+    both_answer(ports, DE, ALPHA).await;
+    both_answer(ports, US, BETA).await;
+    all_observe(&c, "Alpha", false).await;
+    both_answer(ports, DE, BETA).await;
+    all_observe(&c, "Alpha", true).await;
+    both_answer(ports, DE, ALPHA).await;
+    let (status, log) = common::terminate(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{log}");
+    drop(pdns);
+    c.stop().await;
+}
