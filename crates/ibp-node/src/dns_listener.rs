@@ -195,6 +195,9 @@ impl RequestHandler for Handler {
             })
             .collect();
         if matches!(asked, RecordType::SOA | RecordType::ANY) && qname == zone {
+            // PowerDNS answers a SOA question from its SOA lookup (the synthesized one),
+            // never from a static SOA the ANY lookup also returned: one SOA, as there.
+            wanted.retain(|r| r.qtype != "SOA");
             soa_extra = self.geo.soa(&zone).into_iter().collect();
             wanted.extend(soa_extra.iter());
         }

@@ -26,6 +26,7 @@ const SERVICES: &str = r#"{
 }"#;
 const STATICS: &str = r#"[
   {"qname": "example.test", "qtype": "NS", "content": "ns1.example.test", "ttl": 3600, "auth": true},
+  {"qname": "example.test", "qtype": "SOA", "content": "ns1.example.test. admin.example.test. 1 3600 600 1209600 3600", "ttl": 3600, "auth": true},
   {"qname": "www.example.test", "qtype": "A", "content": "127.20.0.9", "ttl": 300, "auth": true}
 ]"#;
 
@@ -224,6 +225,12 @@ async fn powerdns_and_the_built_in_listener_answer_geodns_and_follow_decisions()
         assert_eq!(
             ask(port, DE, "example.test", "NS", &[]),
             ["ns1.example.test."],
+            "port {port}"
+        );
+        // One SOA at a zone apex, even where the static config has its own.
+        assert_eq!(
+            ask(port, DE, "example.test", "SOA", &[]).len(),
+            1,
             "port {port}"
         );
         let soa = ask(port, DE, "rpc.example.test", "SOA", &[]);
