@@ -3,7 +3,7 @@
 //! head is followed over time (see [`crate::head`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Map, Value};
 
@@ -39,16 +39,7 @@ async fn run(
         Ok(t) => t,
         Err(e) => return Verdict::fail(format!("Invalid HTTP RPC target: {e}")),
     };
-    let secure = !matches!(t.scheme.as_str(), "http" | "ws");
-    let scheme = if secure { "https" } else { "http" };
-    let default_port = if secure { "443" } else { "80" };
-    let port: u16 = t.port.parse().unwrap_or(if secure { 443 } else { 80 });
-    let authority = if t.port == default_port || t.port.is_empty() {
-        t.host.clone()
-    } else {
-        format!("{}:{}", t.host, t.port)
-    };
-    let url = format!("{scheme}://{authority}{}", t.request_uri);
+    let crate::target::Dial { port, url, .. } = t.dial("https", "http");
     // The hostname is never resolved: it maps to the member's IP for this client only.
     let client = match reqwest::Client::builder()
         .use_preconfigured_tls((*trust.config()).clone())
@@ -128,12 +119,7 @@ async fn run(
         let hv = heads.observe(unit_key, expected, number as u64, Instant::now());
         data.insert("blockLag".into(), Value::from(hv.lag));
         if let Some(text) = hv.failure() {
-            return Verdict {
-                status: false,
-                error_text: text,
-                data: Value::Object(data),
-                latency: Duration::ZERO,
-            };
+            return Verdict::fail_with(text, data);
         }
     }
     Verdict::pass(data)

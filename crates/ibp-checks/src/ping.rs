@@ -139,12 +139,10 @@ pub fn evaluate(stats: &PingStats, o: &PingOptions) -> Verdict {
     if received > 0 && loss <= o.max_loss && avg_ms <= o.max_latency_ms {
         Verdict::pass(data)
     } else {
-        Verdict {
-            status: false,
-            error_text: format!("PingCheck: avgRtt={avg_ms}ms, loss={loss:.0}%"),
-            data: Value::Object(data),
-            latency: Duration::ZERO,
-        }
+        Verdict::fail_with(
+            format!("PingCheck: avgRtt={avg_ms}ms, loss={loss:.0}%"),
+            data,
+        )
     }
 }
 

@@ -171,16 +171,6 @@ impl Scheduler {
             })
             .collect()
     }
-
-    /// Number of units.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// True without units.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -75,12 +75,7 @@ pub fn evaluate(not_after: i64, now: f64, port: u16, threshold: i64) -> Verdict 
     data.insert("DaysUntilExpiry".into(), Value::from(days));
     data.insert("Port".into(), Value::from(port.to_string()));
     if days < threshold {
-        Verdict {
-            status: false,
-            error_text: format!("Less than {threshold} days to expiry"),
-            data: Value::Object(data),
-            latency: Duration::ZERO,
-        }
+        Verdict::fail_with(format!("Less than {threshold} days to expiry"), data)
     } else {
         Verdict::pass(data)
     }

@@ -18,6 +18,38 @@ pub struct Target {
     pub url: String,
 }
 
+/// How a check dials a [`Target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    /// Over TLS (anything but `http`/`ws`).
+    pub secure: bool,
+    /// The TCP port (the scheme's default when none or a bad one is given).
+    pub port: u16,
+    /// The URL to ask for, with the check's own scheme and the default port left out.
+    pub url: String,
+}
+
+impl Target {
+    /// How to dial this target with `tls` or `plain` as the URL scheme (`https`/`http`,
+    /// `wss`/`ws`).
+    pub fn dial(&self, tls: &str, plain: &str) -> Dial {
+        let secure = !matches!(self.scheme.as_str(), "http" | "ws");
+        let scheme = if secure { tls } else { plain };
+        let default_port = if secure { "443" } else { "80" };
+        let port: u16 = self.port.parse().unwrap_or(if secure { 443 } else { 80 });
+        let authority = if self.port == default_port || self.port.is_empty() {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        Dial {
+            secure,
+            port,
+            url: format!("{scheme}://{authority}{}", self.request_uri),
+        }
+    }
+}
+
 /// Parses `raw` as Go's `parseCheckTarget(raw, default_scheme)` does.
 pub fn parse_check_target(raw: &str, default_scheme: &str) -> Result<Target, String> {
     let t = raw.trim();

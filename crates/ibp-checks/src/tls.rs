@@ -75,9 +75,4 @@ impl Trust {
     pub fn config(&self) -> Arc<rustls::ClientConfig> {
         self.config.clone()
     }
-
-    /// Number of trusted roots.
-    pub fn roots(&self) -> usize {
-        self.roots
-    }
 }

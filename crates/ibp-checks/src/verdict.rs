@@ -28,6 +28,16 @@ impl Verdict {
         }
     }
 
+    /// A failure with `text` that keeps the check's `data`.
+    pub fn fail_with(text: impl Into<String>, data: Map<String, Value>) -> Verdict {
+        Verdict {
+            status: false,
+            error_text: text.into(),
+            data: Value::Object(data),
+            latency: Duration::ZERO,
+        }
+    }
+
     /// A pass with `data`.
     pub fn pass(data: Map<String, Value>) -> Verdict {
         Verdict {

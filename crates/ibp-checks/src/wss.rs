@@ -13,7 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::head::{HeadTracker, HeadVerdict};
+use crate::head::HeadTracker;
 use crate::items::Item;
 use crate::net::{self, Stream};
 use crate::spec::{connect_timeout, opt_i64};
@@ -52,16 +52,7 @@ async fn run(
         Ok(t) => t,
         Err(e) => return Verdict::fail(format!("Invalid WebSocket target: {e}")),
     };
-    let secure = !matches!(t.scheme.as_str(), "http" | "ws");
-    let scheme = if secure { "wss" } else { "ws" };
-    let default_port = if secure { "443" } else { "80" };
-    let port: u16 = t.port.parse().unwrap_or(if secure { 443 } else { 80 });
-    let authority = if t.port == default_port || t.port.is_empty() {
-        t.host.clone()
-    } else {
-        format!("{}:{}", t.host, t.port)
-    };
-    let url = format!("{scheme}://{authority}{}", t.request_uri);
+    let crate::target::Dial { secure, port, url } = t.dial("wss", "ws");
     let dialled = tokio::time::timeout(connect, async {
         let tcp = net::dial(ip, port, connect).await?;
         let local = tcp.local_addr().ok();
@@ -232,14 +223,8 @@ async fn exchange(
         data.insert("BlockNumber".into(), Value::from(number));
         data.insert("BlockLag".into(), Value::from(hv.lag));
         if let Some(text) = hv.failure() {
-            return Verdict {
-                status: false,
-                error_text: text,
-                data: Value::Object(data),
-                latency: Duration::ZERO,
-            };
+            return Verdict::fail_with(text, data);
         }
-        let _: HeadVerdict = hv;
     }
     Verdict::pass(data)
 }

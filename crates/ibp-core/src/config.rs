@@ -135,6 +135,22 @@ pub struct ConfigError {
 }
 
 impl CoreConfig {
+    /// Agreeing votes needed to decide among `total` active monitors: a majority, at
+    /// least `min_votes`, and the quorum floor if set.
+    pub fn majority(&self, total: usize) -> usize {
+        let mut maj = (total / 2 + 1).max(self.min_votes);
+        if let Some(q) = self.min_quorum {
+            maj = maj.max(q);
+        }
+        maj
+    }
+
+    /// Whether a foreign passed finalize needs the votes behind it (a floor, or enforced
+    /// trust) before it is applied.
+    pub fn tally_required(&self) -> bool {
+        self.min_quorum.is_some() || self.verify_finalizes
+    }
+
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, reason: &str| {

@@ -519,7 +519,7 @@ impl Consensus {
     /// Whether passed finalizes must be backed by votes this node saw itself before they
     /// are applied: with a quorum floor, or when trust is enforced.
     fn tally_required(&self) -> bool {
-        self.cfg.min_quorum.is_some() || self.cfg.verify_finalizes
+        self.cfg.tally_required()
     }
 
     /// Agreeing votes of active monitors this node holds for `id` (tracked or buffered),
@@ -809,11 +809,7 @@ impl Consensus {
 
     /// The number of votes a decision needs with `total` active monitors.
     pub fn majority(&self, total: usize) -> usize {
-        let mut maj = (total / 2 + 1).max(self.cfg.min_votes);
-        if let Some(q) = self.cfg.min_quorum {
-            maj = maj.max(q);
-        }
-        maj
+        self.cfg.majority(total)
     }
 
     /// Counts the votes of active monitors; finalizes if a side has the majority.

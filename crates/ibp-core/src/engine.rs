@@ -229,7 +229,7 @@ impl Engine {
         let cfg = &self.cfg;
         let check =
             |votes: &std::collections::BTreeMap<String, bool>| backing_of(votes, m, cfg, now);
-        let required = cfg.min_quorum.is_some() || cfg.verify_finalizes;
+        let required = cfg.tally_required();
         out.extend(
             cache.release_ready(required.then_some(&check as &dyn Fn(&_) -> (usize, usize))),
         );
@@ -260,7 +260,7 @@ impl Engine {
             let cfg = &self.cfg;
             let check =
                 |votes: &std::collections::BTreeMap<String, bool>| backing_of(votes, m, cfg, now);
-            let required = cfg.min_quorum.is_some() || cfg.verify_finalizes;
+            let required = cfg.tally_required();
             out.extend(cache.tick(
                 now,
                 required.then_some(&check as &dyn Fn(&_) -> (usize, usize)),
@@ -383,7 +383,8 @@ impl Engine {
         votes: &std::collections::BTreeMap<String, bool>,
         now: Now,
     ) -> Option<(usize, usize)> {
-        (self.cfg.min_quorum.is_some() || self.cfg.verify_finalizes)
+        self.cfg
+            .tally_required()
             .then(|| backing_of(votes, &self.membership, &self.cfg, now))
     }
 
@@ -427,11 +428,7 @@ fn backing_of(
     cfg: &CoreConfig,
     now: Now,
 ) -> (usize, usize) {
-    let total = m.count_active(ibp_wire::Role::Monitor, now);
-    let mut need = (total / 2 + 1).max(cfg.min_votes);
-    if let Some(q) = cfg.min_quorum {
-        need = need.max(q);
-    }
+    let need = cfg.majority(m.count_active(ibp_wire::Role::Monitor, now));
     let yes = votes
         .iter()
         .filter(|(v, a)| **a && m.is_active_monitor(v, now))

@@ -172,7 +172,7 @@ impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
             .field("members", &self.members.len())
-            .field("health", &self.health.len())
+            .field("health", &self.health.held())
             .finish_non_exhaustive()
     }
 }

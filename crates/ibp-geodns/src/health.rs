@@ -88,7 +88,13 @@ pub struct Health {
     down: HashMap<(String, bool), Down>,
     bus_wins: bool,
     last_snapshot: Option<DateTime<Utc>>,
-    last_decision: Option<DateTime<Utc>>,
+}
+
+/// A `/results` body, parsed (before taking any lock) and ready to [`Health::take`].
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    results: Vec<(Key, Entry)>,
+    groups: usize,
 }
 
 impl Health {
@@ -104,7 +110,6 @@ impl Health {
     /// Applies an official decision (`status` true = online) decided at `at`. An older
     /// decision than the one held is ignored. Returns whether the view changed.
     pub fn apply_decision(&mut self, key: Key, status: bool, at: DateTime<Utc>) -> bool {
-        self.last_decision = Some(at.max(self.last_decision.unwrap_or(at)));
         if let Some(e) = self.entries.get(&key)
             && e.source == Source::Bus
             && e.at > at
@@ -132,8 +137,14 @@ impl Health {
         body: &Value,
         now: DateTime<Utc>,
     ) -> Result<SnapshotStats, String> {
+        Ok(self.take(Health::parse_snapshot(body, now)?, now))
+    }
+
+    /// Parses a `/results` body received at `now` (no view needed: callers parse before
+    /// locking the view, so answers never wait for the parse).
+    pub fn parse_snapshot(body: &Value, now: DateTime<Utc>) -> Result<Snapshot, String> {
         let mut fresh: Vec<(Key, Entry)> = Vec::new();
-        let mut stats = SnapshotStats::default();
+        let mut count = 0;
         for (field, kind) in [
             ("SiteResults", Kind::Site),
             ("DomainResults", Kind::Domain),
@@ -145,7 +156,7 @@ impl Health {
                 Some(_) => return Err(format!("{field}: expected an array")),
             };
             for g in groups {
-                stats.groups += 1;
+                count += 1;
                 let text = |k: &str| g.get(k).and_then(Value::as_str).unwrap_or_default();
                 let v6 = g.get("IsIPv6").and_then(Value::as_bool).unwrap_or(false);
                 let domain = text("Domain").to_ascii_lowercase();
@@ -191,8 +202,20 @@ impl Health {
                 }
             }
         }
+        Ok(Snapshot {
+            results: fresh,
+            groups: count,
+        })
+    }
+
+    /// Replaces the snapshot part of the view with a parsed snapshot taken at `now`.
+    pub fn take(&mut self, snapshot: Snapshot, now: DateTime<Utc>) -> SnapshotStats {
+        let mut stats = SnapshotStats {
+            groups: snapshot.groups,
+            ..SnapshotStats::default()
+        };
         self.entries.retain(|_, e| e.source == Source::Bus);
-        for (k, e) in fresh {
+        for (k, e) in snapshot.results {
             match self.entries.get(&k) {
                 Some(b) if self.bus_wins || b.at >= e.at => stats.kept_out += 1,
                 _ => {
@@ -203,7 +226,7 @@ impl Health {
         }
         self.last_snapshot = Some(now);
         self.reindex();
-        Ok(stats)
+        stats
     }
 
     fn reindex(&mut self) {
@@ -240,19 +263,14 @@ impl Health {
             .is_some_and(|d| d.site || d.domains.contains(qname))
     }
 
-    /// When the last snapshot was taken, and the newest decision's time.
-    pub fn freshness(&self) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
-        (self.last_snapshot, self.last_decision)
+    /// When the last snapshot was taken.
+    pub fn last_snapshot(&self) -> Option<DateTime<Utc>> {
+        self.last_snapshot
     }
 
-    /// Results held.
-    pub fn len(&self) -> usize {
+    /// How many results are held.
+    pub fn held(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

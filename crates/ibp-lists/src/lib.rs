@@ -152,8 +152,7 @@ impl IbpConfig {
                     ipv4: text(svc.and_then(|s| obj_get(s, "ServiceIPv4"))),
                     ipv6: text(svc.and_then(|s| obj_get(s, "ServiceIPv6"))),
                     assignments,
-                    override_: matches!(obj_get(v, "Override"), Some(Value::Bool(true)))
-                        || num(obj_get(v, "Override")) != 0,
+                    override_: num(obj_get(v, "Override")) != 0,
                     key: key.clone(),
                     latitude: float(obj_get(v, "Location").and_then(|l| obj_get(l, "Latitude"))),
                     longitude: float(obj_get(v, "Location").and_then(|l| obj_get(l, "Longitude"))),

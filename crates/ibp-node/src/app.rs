@@ -255,7 +255,7 @@ impl App {
             if let Some(rx) = geodns_rx.take() {
                 tasks.push(tokio::spawn(g.clone().follow_decisions(rx)));
             }
-            g.rebuild(ibp_config.get().as_deref());
+            g.rebuild(ibp_config.get().as_deref(), &[]);
             tasks.push(tokio::spawn(g.clone().follow_lists(
                 ibp_config.clone(),
                 crate::ibp_config::FetchLimits {

@@ -249,7 +249,7 @@ impl Security {
         payload: &[u8],
         now: DateTime<Utc>,
     ) -> bool {
-        self.check(metrics, subject, claim, headers, |v, trust, h| {
+        self.check(metrics, subject, Some(claim), headers, |v, trust, h| {
             let r = v.verify(trust, subject, payload, h, now);
             metrics.trust_replay_memory.set(v.remembered() as i64);
             r
@@ -266,11 +266,7 @@ impl Security {
         payload: &[u8],
         now: DateTime<Utc>,
     ) -> bool {
-        let anyone = Claim {
-            ids: Vec::new(),
-            role: None,
-        };
-        self.check_as(metrics, subject, anyone, false, headers, |v, trust, h| {
+        self.check(metrics, subject, None, headers, |v, trust, h| {
             v.verify(trust, subject, payload, h, now)
         })
     }
@@ -286,29 +282,18 @@ impl Security {
         payload: &[u8],
         stored_at: DateTime<Utc>,
     ) -> bool {
-        self.check(metrics, subject, claim, headers, |v, trust, h| {
+        self.check(metrics, subject, Some(claim), headers, |v, trust, h| {
             v.verify_stored(trust, subject, payload, h, stored_at)
         })
     }
 
+    /// Verifies a message; with a `claim`, the key must also be the sender's and role's
+    /// the body names (without one, any trusted key may send it).
     fn check(
         &self,
         metrics: &Metrics,
         subject: &str,
-        claim: Claim<'_>,
-        headers: Option<&HeaderMap>,
-        verify: impl FnOnce(&mut Verifier, &TrustList, SigHeaders<'_>) -> Result<Trusted, Reject>,
-    ) -> bool {
-        self.check_as(metrics, subject, claim, true, headers, verify)
-    }
-
-    /// [`Security::check`]; without `claimed`, any trusted key may send it.
-    fn check_as(
-        &self,
-        metrics: &Metrics,
-        subject: &str,
-        claim: Claim<'_>,
-        claimed: bool,
+        claim: Option<Claim<'_>>,
         headers: Option<&HeaderMap>,
         verify: impl FnOnce(&mut Verifier, &TrustList, SigHeaders<'_>) -> Result<Trusted, Reject>,
     ) -> bool {
@@ -322,20 +307,18 @@ impl Security {
             .lock()
             .map(|mut v| verify(&mut v, &trust, h))
             .unwrap_or(Err(Reject::Malformed))
-            .and_then(|who| {
-                if claimed {
-                    check_claim(&who, &claim)?;
-                }
-                Ok(who)
+            .and_then(|who| match &claim {
+                Some(c) => check_claim(&who, c).map(|_| who),
+                None => Ok(who),
             });
-        self.conclude(metrics, subject, &claim, &trust, verdict)
+        self.conclude(metrics, subject, claim.as_ref(), &trust, verdict)
     }
 
     fn conclude(
         &self,
         metrics: &Metrics,
         subject: &str,
-        claim: &Claim<'_>,
+        claim: Option<&Claim<'_>>,
         trust: &TrustList,
         verdict: Result<Trusted, Reject>,
     ) -> bool {
@@ -348,7 +331,7 @@ impl Security {
                 true
             }
             Err(reason) => {
-                let claimed = claim.ids.first().copied().unwrap_or("");
+                let claimed = claim.and_then(|c| c.ids.first().copied()).unwrap_or("");
                 // The label stays bounded: strangers' made-up IDs are all `unknown`.
                 let label = if trust.knows_id(claimed) {
                     claimed

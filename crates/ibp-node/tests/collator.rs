@@ -1,13 +1,15 @@
 //! The collator: outages from consensus, hourly usage, durable decisions — on SQLite and on
 //! the real MariaDB, with real nats-server processes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use ibp_core::{CheckKey, Observation};
 use ibp_node::app::App;
-use ibp_node::cluster::{Node, NodeOptions, RoleServices};
+use ibp_node::cluster::{Node, NodeOptions};
 use ibp_node::config::{FileConfig, NodeConfig, Overrides};
 use ibp_node::roles::{CollatorService, DnsService, HitLimits, StorageHealth};
 use ibp_storage::{Store, UsageRow};
@@ -23,26 +25,6 @@ fn key() -> CheckKey {
         "wss://rpc.alpha.io/polkadot",
         false,
     )
-}
-
-async fn monitors(url: &str, n: usize) -> Vec<Node> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let mut o = NodeOptions::new(NodeId::new(format!("monitor-{i}")).expect("id"), url);
-        o.reconcile_interval = Duration::from_secs(3600);
-        let node = Node::connect(o).await.expect("connect");
-        node.enable(Role::Monitor, RoleServices::default())
-            .await
-            .expect("enable");
-        out.push(node);
-    }
-    for m in &out {
-        assert!(
-            m.wait_for_active(Role::Monitor, n, Duration::from_secs(20))
-                .await
-        );
-    }
-    out
 }
 
 /// All monitors observe `status`; the first proposes; waits until every monitor applied it.
@@ -107,7 +89,7 @@ fn collator(app: &App) -> &CollatorService {
 
 async fn outage_lifecycle(db_url: &str, dir: &std::path::Path) {
     let server = NatsServer::start().expect("server");
-    let ms = monitors(&server.url(), 3).await;
+    let ms = common::monitor_nodes(&server.url(), 3).await;
     let app = start_collator(&server.url(), db_url, dir, false).await;
     assert!(
         app.node
@@ -183,7 +165,7 @@ async fn a_collator_restarted_mid_outage_still_closes_it() {
     let server = NatsServer::start().expect("server");
     let dir = tempfile::tempdir().expect("dir");
     let db = format!("sqlite://{}", dir.path().join("collator.db").display());
-    let ms = monitors(&server.url(), 3).await;
+    let ms = common::monitor_nodes(&server.url(), 3).await;
     let app = start_collator(&server.url(), &db, dir.path(), false).await;
     decide(&ms, false).await;
     assert!(
@@ -220,7 +202,7 @@ async fn jetstream_catches_up_on_decisions_made_while_the_collator_was_down() {
     .expect("server");
     let dir = tempfile::tempdir().expect("dir");
     let db = format!("sqlite://{}", dir.path().join("collator.db").display());
-    let ms = monitors(&server.url(), 3).await;
+    let ms = common::monitor_nodes(&server.url(), 3).await;
     let app = start_collator(&server.url(), &db, dir.path(), true).await;
     decide(&ms, false).await;
     assert!(
@@ -317,7 +299,7 @@ async fn usage_collection(db_url: &str) {
         let base = (i as i64 + 1) * 100;
         nodes.push(dns(&server.url(), id, &[(yesterday, base), (today, base + 1)]).await);
     }
-    let _m = monitors(&server.url(), 1).await;
+    let _m = common::monitor_nodes(&server.url(), 1).await;
     let app = start_collator(&server.url(), db_url, dir.path(), false).await;
     assert!(
         app.node
@@ -412,7 +394,7 @@ async fn on_start_up_the_collator_backfills_the_last_two_days() {
         &[(three_days_ago, 7), (yesterday, 10), (today, 20)],
     )
     .await;
-    let _m = monitors(&server.url(), 1).await;
+    let _m = common::monitor_nodes(&server.url(), 1).await;
     let mut cfg = collator_config(
         &server.url(),
         &format!("sqlite://{}", dir.path().join("c.db").display()),
@@ -456,7 +438,7 @@ async fn taking_over_a_go_collators_database_counts_each_hit_once() {
     let today = NaiveDate::from_ymd_opt(2026, 11, 27).expect("date");
     let _d1 = dns(&server.url(), "dns-1", &[(today, 100)]).await;
     let _d2 = dns(&server.url(), "dns-2", &[(today, 50)]).await;
-    let _m = monitors(&server.url(), 1).await;
+    let _m = common::monitor_nodes(&server.url(), 1).await;
     let app = start_collator(&server.url(), &db.url, dir.path(), false).await;
     assert!(
         app.node

@@ -8,33 +8,13 @@ use std::time::Duration;
 use chrono::Utc;
 use ibp_core::{CheckKey, Observation};
 use ibp_node::app::App;
-use ibp_node::cluster::{Node, NodeOptions, RoleServices};
+use ibp_node::cluster::Node;
 use ibp_node::config::NodeConfig;
 use ibp_testkit::{NatsServer, ServerOptions, TestDatabase};
-use ibp_wire::{CheckType, NodeId, Role};
+use ibp_wire::{CheckType, Role};
 
 fn key(member: &str) -> CheckKey {
     CheckKey::new(CheckType::Site, "ping", member, "", "", false)
-}
-
-async fn monitors(url: &str, n: usize) -> Vec<Node> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let mut o = NodeOptions::new(NodeId::new(format!("monitor-{i}")).expect("id"), url);
-        o.reconcile_interval = Duration::from_secs(3600);
-        let node = Node::connect(o).await.expect("connect");
-        node.enable(Role::Monitor, RoleServices::default())
-            .await
-            .expect("enable");
-        out.push(node);
-    }
-    for m in &out {
-        assert!(
-            m.wait_for_active(Role::Monitor, n, Duration::from_secs(20))
-                .await
-        );
-    }
-    out
 }
 
 async fn decide(ms: &[Node], member: &str, status: bool) {
@@ -77,7 +57,7 @@ async fn a_write_the_database_refuses_is_set_aside_and_blocks_nothing_behind_it(
     let server = NatsServer::start().expect("server");
     let db = TestDatabase::create().await.expect("MariaDB");
     let dir = tempfile::tempdir().expect("dir");
-    let ms = monitors(&server.url(), 3).await;
+    let ms = common::monitor_nodes(&server.url(), 3).await;
     let app = App::start(collator_cfg(&server.url(), &db.url, dir.path(), false))
         .await
         .expect("collator");
@@ -140,7 +120,7 @@ async fn a_locked_database_holds_writes_until_it_returns_and_healthz_says_so() {
     let server = NatsServer::start().expect("server");
     let db = TestDatabase::create().await.expect("MariaDB");
     let dir = tempfile::tempdir().expect("dir");
-    let ms = monitors(&server.url(), 3).await;
+    let ms = common::monitor_nodes(&server.url(), 3).await;
     let app = App::start(collator_cfg(&server.url(), &db.url, dir.path(), false))
         .await
         .expect("collator");
@@ -209,9 +189,7 @@ async fn hits_past_four_billion_are_kept_on_mariadb() {
     }
     let (s, b) = common::post(&app.http_addr.to_string(), "/v1/usage/hits", &hit).await;
     assert_eq!(s, 202, "{b}");
-    let addr = app.http_addr;
     app.shutdown().await;
-    let _ = addr;
     let store = ibp_storage::Store::open(&db.url).await.expect("open");
     let today = Utc::now().date_naive();
     let totals = store
@@ -229,7 +207,7 @@ async fn a_durable_collator_counts_its_decisions_in_the_metrics() {
     })
     .expect("server");
     let dir = tempfile::tempdir().expect("dir");
-    let ms = monitors(&server.url(), 3).await;
+    let ms = common::monitor_nodes(&server.url(), 3).await;
     let db = format!("sqlite://{}", dir.path().join("c.db").display());
     let app = App::start(collator_cfg(&server.url(), &db, dir.path(), true))
         .await

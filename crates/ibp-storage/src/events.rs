@@ -577,20 +577,8 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut sql = format!(
-            "SELECT {} FROM member_events WHERE start_time IS NOT NULL AND start_time <= ? AND (end_time IS NULL OR end_time >= ?) \
-             AND (COALESCE(status, 0) = 0 OR end_time IS NOT NULL)",
-            self.event_select()
-        );
-        if member.is_some() {
-            sql.push_str(" AND member_name = ?");
-        }
-        sql.push_str(" ORDER BY start_time, id");
-        let mut args = vec![Arg::Text(fmt_datetime(to)), Arg::Text(fmt_datetime(from))];
-        if let Some(m) = member {
-            args.push(m.into());
-        }
-        self.read_events(&sql, &args).await
+        self.events_overlapping_page(member, from, to, None, u32::MAX)
+            .await
     }
 
     /// One page of [`Store::events_overlapping`], in (start time, ID) order: at most `limit`

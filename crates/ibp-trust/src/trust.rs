@@ -158,13 +158,6 @@ impl TrustList {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
-
-    /// Every trusted key, sorted by node ID.
-    pub fn entries(&self) -> Vec<&Trusted> {
-        let mut v: Vec<&Trusted> = self.by_key.values().collect();
-        v.sort_by(|a, b| (&a.node_id, &a.public_key).cmp(&(&b.node_id, &b.public_key)));
-        v
-    }
 }
 
 #[cfg(test)]

@@ -81,18 +81,6 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// Every reason, in a stable order.
-    pub const ALL: [Reject; 8] = [
-        Reject::Unsigned,
-        Reject::Malformed,
-        Reject::Untrusted,
-        Reject::Expired,
-        Reject::Replayed,
-        Reject::BadSignature,
-        Reject::SenderMismatch,
-        Reject::RoleMismatch,
-    ];
-
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -115,18 +115,6 @@ impl CollatorService {
         })
     }
 
-    /// Records one decision: a passed offline decision opens an outage, a passed online one
-    /// closes it; failed decisions are ignored. Idempotent per proposal. Errors are
-    /// returned (see [`CollatorService::record_decisions`] for the policy around them).
-    pub async fn record(&self, d: &Decision) -> Result<Option<OutageChange>, StoreError> {
-        let Some(w) = Self::event_write(d) else {
-            return Ok(None);
-        };
-        let change = self.store.record_decision(&w).await?;
-        self.recorded_change(&w, change);
-        Ok(Some(change))
-    }
-
     /// Records a decision under the write policy: held and retried while the database is
     /// away, set aside if it refuses it for good. Returns what happened.
     pub async fn record_durably(&self, d: &Decision) -> WriteOutcome<Option<OutageChange>> {

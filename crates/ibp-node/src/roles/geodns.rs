@@ -37,7 +37,7 @@ const ACME_NEGATIVE: Duration = Duration::from_secs(3);
 /// The `/results` poll's time limit (as the Go node).
 const POLL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Counters of the answering side (exported as metrics).
+/// Counters of the answering side (shown by `GET /v1/geodns`).
 #[derive(Debug, Default)]
 pub struct GeoDnsCounters {
     /// Lookups answered.
@@ -66,7 +66,6 @@ struct Acme {
 struct Inner {
     cfg: GeoDnsConfig,
     resolver: RwLock<Resolver>,
-    statics: RwLock<Vec<StaticRecord>>,
     hits: DnsService,
     overrides_path: PathBuf,
     http: reqwest::Client,
@@ -74,7 +73,6 @@ struct Inner {
     counters: GeoDnsCounters,
     /// When the last decision arrived over the bus (for `/v1/geodns`).
     last_decision: Mutex<Option<DateTime<Utc>>>,
-    changed: watch::Sender<u64>,
 }
 
 /// The answering side of a DNS node. Cheap to clone.
@@ -180,40 +178,23 @@ impl GeoDnsService {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .unwrap_or_default();
-        let (changed, _) = watch::channel(0);
         Ok(GeoDnsService {
             inner: Arc::new(Inner {
                 cfg,
                 resolver: RwLock::new(resolver),
-                statics: RwLock::new(Vec::new()),
                 hits,
                 overrides_path,
                 http,
                 acme: Mutex::new(HashMap::new()),
                 counters: GeoDnsCounters::default(),
                 last_decision: Mutex::new(None),
-                changed,
             }),
         })
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &GeoDnsConfig {
-        &self.inner.cfg
     }
 
     /// The counters.
     pub fn counters(&self) -> &GeoDnsCounters {
         &self.inner.counters
-    }
-
-    /// A receiver that changes whenever health, lists or overrides changed.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.inner.changed.subscribe()
-    }
-
-    fn bump(&self) {
-        self.inner.changed.send_modify(|n| *n += 1);
     }
 
     /// Answers one lookup and counts its usage hits. ACME challenges are fetched (cached,
@@ -459,7 +440,6 @@ impl GeoDnsService {
                 .decisions_applied
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!(member = %p.member_name, check = %p.check_name, domain = %p.domain_name, ipv6 = p.is_ipv6, online = p.proposed_status, "DNS answers follow a decision");
-            self.bump();
         }
         changed
     }
@@ -471,7 +451,8 @@ impl GeoDnsService {
         }
     }
 
-    /// Rebuilds zones and members whenever the lists or the static records change.
+    /// Rebuilds zones and members whenever the lists or the static records change (a
+    /// reload that brings the same static records rebuilds nothing).
     pub async fn follow_lists(
         self,
         lists: SharedIbpConfig,
@@ -481,50 +462,52 @@ impl GeoDnsService {
     ) {
         let mut loads = lists.subscribe();
         let mut tick = tokio::time::interval(reload.max(Duration::from_secs(5)));
+        let mut statics: Option<Vec<StaticRecord>> = None;
+        let mut first = true;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.load_statics(limits).await,
+                _ = tick.tick() => {
+                    let fresh = self.load_statics(limits).await;
+                    // After the first build, only new static records rebuild (a failed
+                    // load keeps the last good copy).
+                    if !std::mem::take(&mut first) && (fresh.is_none() || fresh == statics) {
+                        continue;
+                    }
+                    if fresh.is_some() {
+                        statics = fresh;
+                    }
+                }
                 r = loads.changed() => if r.is_err() { break },
                 _ = stop.changed() => break,
             }
-            self.rebuild(lists.get().as_deref());
+            self.rebuild(
+                lists.get().as_deref(),
+                statics.as_deref().unwrap_or_default(),
+            );
         }
     }
 
-    async fn load_statics(&self, limits: FetchLimits) {
-        let Some(src) = &self.inner.cfg.static_url else {
-            return;
-        };
+    /// The static records, freshly read; none when there is no source or it failed.
+    async fn load_statics(&self, limits: FetchLimits) -> Option<Vec<StaticRecord>> {
+        let src = self.inner.cfg.static_url.as_ref()?;
         let parsed = fetch(src, limits).await.and_then(|text| {
             serde_json::from_str::<Vec<StaticRecord>>(&text).map_err(|e| e.to_string())
         });
-        match parsed {
-            Ok(records) => {
-                if let Ok(mut s) = self.inner.statics.write() {
-                    *s = records;
-                }
-            }
-            Err(e) => {
+        parsed
+            .map_err(|e| {
                 tracing::warn!(source = %src, error = %e, "static DNS config not loaded; the last one is kept")
-            }
-        }
+            })
+            .ok()
     }
 
     /// Rebuilds the zones from `lists` (none: no members) and the static records.
-    pub fn rebuild(&self, lists: Option<&IbpConfig>) {
+    pub fn rebuild(&self, lists: Option<&IbpConfig>, statics: &[StaticRecord]) {
         let empty = IbpConfig::default();
         let lists = lists.unwrap_or(&empty);
-        let statics = self
-            .inner
-            .statics
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        let zones = Zones::build(lists, statics);
+        let zones = Zones::build(lists, statics.to_vec());
         if let Ok(mut r) = self.inner.resolver.write() {
             r.reload(lists, zones);
         }
-        self.bump();
     }
 
     /// Polls monitors' `/results` (bootstrap and repair, dns.md §1.4): at once, then every
@@ -549,10 +532,15 @@ impl GeoDnsService {
         for url in &self.inner.cfg.monitors {
             match self.fetch_results(url).await {
                 Ok(body) => {
-                    let res = match self.inner.resolver.write() {
-                        Ok(mut r) => r.health.apply_snapshot(&body, Utc::now()),
-                        Err(_) => return false,
-                    };
+                    // Parsed before the lock: answers never wait for a large snapshot.
+                    let now = Utc::now();
+                    let res = ibp_geodns::Health::parse_snapshot(&body, now).and_then(|snap| {
+                        self.inner
+                            .resolver
+                            .write()
+                            .map(|mut r| r.health.take(snap, now))
+                            .map_err(|_| "resolver unavailable".to_string())
+                    });
                     match res {
                         Ok(stats) => {
                             self.inner
@@ -560,7 +548,6 @@ impl GeoDnsService {
                                 .snapshots
                                 .fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(monitor = %url, groups = stats.groups, taken = stats.taken, kept_out = stats.kept_out, "results snapshot taken");
-                            self.bump();
                             return true;
                         }
                         Err(e) => {
@@ -626,7 +613,6 @@ impl GeoDnsService {
         if let Err(e) = written {
             tracing::error!(file = %path.display(), error = %e, "overrides applied but not saved: a restart loses them");
         }
-        self.bump();
         Ok(change)
     }
 
@@ -678,31 +664,35 @@ impl GeoDnsService {
 
     /// What the node answers from, for `GET /v1/geodns`.
     pub fn status(&self) -> Value {
-        let (zones, health_len, permissive, fresh, overrides) = match self.inner.resolver.read() {
+        let (zones, held, permissive, last_snapshot, overrides) = match self.inner.resolver.read() {
             Ok(r) => (
                 r.zones.zones().count(),
-                r.health.len(),
+                r.health.held(),
                 r.health.is_permissive(),
-                r.health.freshness(),
+                r.health.last_snapshot(),
                 r.overrides.saved(),
             ),
             Err(_) => return json!({"error": "resolver unavailable"}),
         };
         let c = &self.inner.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         json!({
             "zones": zones,
-            "health_entries": health_len,
+            "health_entries": held,
             "permissive": permissive,
-            "last_snapshot": fresh.0,
+            "last_snapshot": last_snapshot,
             "last_decision": self.inner.last_decision.lock().ok().and_then(|l| *l),
             "monitors": self.inner.cfg.monitors,
             "listen": self.inner.cfg.listen.map(|l| l.to_string()),
             "overrides_from_nats": overrides,
-            "lookups": c.lookups.load(Ordering::Relaxed),
-            "geo_answers": c.geo_answers.load(Ordering::Relaxed),
-            "decisions_applied": c.decisions_applied.load(Ordering::Relaxed),
-            "snapshots": c.snapshots.load(Ordering::Relaxed),
-            "snapshot_failures": c.snapshot_failures.load(Ordering::Relaxed),
+            "lookups": n(&c.lookups),
+            "geo_answers": n(&c.geo_answers),
+            "hits_refused": n(&c.hits_refused),
+            "decisions_applied": n(&c.decisions_applied),
+            "snapshots": n(&c.snapshots),
+            "snapshot_failures": n(&c.snapshot_failures),
+            "overrides_applied": n(&c.overrides_applied),
+            "overrides_refused": n(&c.overrides_refused),
         })
     }
 

@@ -189,18 +189,7 @@ impl MonitorService {
         batch: Vec<Observation>,
     ) -> Result<Vec<ObservationResult>, String> {
         let now = Utc::now();
-        let rows: Vec<StoredResult> = batch
-            .iter()
-            .map(|o| StoredResult {
-                kind: ResultKind::Local,
-                key: o.key.clone(),
-                status: o.status,
-                error_text: o.error_text.clone(),
-                data: o.data.clone(),
-                proposal: None,
-                updated_at: now,
-            })
-            .collect();
+        let rows: Vec<StoredResult> = batch.iter().map(|o| local_row(o, now)).collect();
         self.store
             .save_results(&rows)
             .await
@@ -224,17 +213,7 @@ impl MonitorService {
         obs: &Observation,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.store
-            .save_results(&[StoredResult {
-                kind: ResultKind::Local,
-                key: obs.key.clone(),
-                status: obs.status,
-                error_text: obs.error_text.clone(),
-                data: obs.data.clone(),
-                proposal: None,
-                updated_at: at,
-            }])
-            .await
+        self.store.save_results(&[local_row(obs, at)]).await
     }
 
     /// The store.
@@ -343,4 +322,17 @@ pub fn results_snapshot(
         "EndpointResults": endpoint.into_iter().map(|((c, d, u, v6), rs)| json!({"CheckName": c, "Domain": d, "IsIPv6": v6, "Results": rs, "RpcUrl": u})).collect::<Vec<_>>(),
         "SiteResults": site.into_iter().map(|((c, v6), rs)| json!({"CheckName": c, "IsIPv6": v6, "Results": rs})).collect::<Vec<_>>(),
     })
+}
+
+/// The stored row of a local observation made at `at`.
+fn local_row(o: &Observation, at: DateTime<Utc>) -> StoredResult {
+    StoredResult {
+        kind: ResultKind::Local,
+        key: o.key.clone(),
+        status: o.status,
+        error_text: o.error_text.clone(),
+        data: o.data.clone(),
+        proposal: None,
+        updated_at: at,
+    }
 }

@@ -213,3 +213,27 @@ pub fn cmd() -> Command {
     c.current_dir(std::env::temp_dir());
     c
 }
+
+/// `n` monitor nodes (`monitor-0`…) on `url`, each seeing all `n` active; reconcile is
+/// left to the tests.
+pub async fn monitor_nodes(url: &str, n: usize) -> Vec<ibp_node::cluster::Node> {
+    use ibp_node::cluster::{Node, NodeOptions, RoleServices};
+    use ibp_wire::{NodeId, Role};
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut o = NodeOptions::new(NodeId::new(format!("monitor-{i}")).expect("id"), url);
+        o.reconcile_interval = Duration::from_secs(3600);
+        let node = Node::connect(o).await.expect("connect");
+        node.enable(Role::Monitor, RoleServices::default())
+            .await
+            .expect("enable");
+        out.push(node);
+    }
+    for m in &out {
+        assert!(
+            m.wait_for_active(Role::Monitor, n, Duration::from_secs(20))
+                .await
+        );
+    }
+    out
+}
