@@ -477,3 +477,91 @@ async fn the_go_dns_config_runs_behind_powerdns_as_a_process() {
     drop(pdns);
     c.stop().await;
 }
+
+/// `getMemberEvents` (dns.md §6.1) over `/dns`: outages of a member starting in the range
+/// from the node's database, the Go field names, open outages with the zero end time, and
+/// the Go error answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_member_events_answers_from_the_database_as_the_go_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let nats = NatsServer::start().expect("nats-server");
+    let mut cfg = common::node_config("dns", "dns-1", &nats.url(), dir.path());
+    cfg.geodns.listen = None;
+    let dns = App::start(cfg).await.expect("DNS node");
+    let store = dns.dns.as_ref().expect("dns").store().clone();
+    let started = chrono::Utc::now() - chrono::Duration::hours(2);
+    let outage = |member: &str, domain: &str, id: &str| ibp_storage::EventWrite {
+        key: ibp_storage::EventKey {
+            check_type: ibp_wire::CheckType::Domain,
+            check_name: "ssl".into(),
+            member_name: member.into(),
+            domain_name: domain.into(),
+            endpoint: String::new(),
+            is_ipv6: false,
+        },
+        status: false,
+        at: started,
+        error: "expired".into(),
+        votes: None,
+        data: ibp_wire::Data::from_value(&serde_json::json!({"DaysUntilExpiry": 0})),
+        proposal_id: id.into(),
+    };
+    store
+        .record_decision(&outage("Alpha", "rpc.example.test", "p1"))
+        .await
+        .expect("record");
+    store
+        .record_decision(&outage("Alpha", "other.example.test", "p2"))
+        .await
+        .expect("record");
+    store
+        .record_decision(&outage("Beta", "rpc.example.test", "p3"))
+        .await
+        .expect("record");
+
+    let ask = |params: serde_json::Value| {
+        let url = format!("http://{}/dns", dns.http_addr);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .body(
+                    serde_json::json!({"method": "getMemberEvents", "parameters": params})
+                        .to_string(),
+                )
+                .send()
+                .await
+                .expect("POST");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    // Default range: the last 24 h.
+    let (s, body) = ask(serde_json::json!({"memberName": "Alpha"})).await;
+    assert_eq!(s, 200, "{body}");
+    let events = body["result"].as_array().expect("array");
+    assert_eq!(events.len(), 2, "{body}");
+    let e = &events[0];
+    assert_eq!(e["MemberName"], "Alpha");
+    assert_eq!(e["CheckType"], "domain");
+    assert_eq!(e["CheckName"], "ssl");
+    assert_eq!(e["ErrorText"], "expired");
+    assert_eq!(e["EndTime"], "0001-01-01T00:00:00Z", "open outage");
+    assert_eq!(e["EndDate"], "");
+    // The domain filter.
+    let (_, body) =
+        ask(serde_json::json!({"memberName": "Alpha", "domain": "rpc.example.test"})).await;
+    assert_eq!(body["result"].as_array().map(Vec::len), Some(1), "{body}");
+    // A range that starts after the outage began: none (events starting in range only).
+    let after = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (_, body) = ask(serde_json::json!({"memberName": "Alpha", "startTime": after})).await;
+    assert_eq!(body["result"], serde_json::json!([]), "never null");
+    // Go's error answers.
+    let (s, body) = ask(serde_json::json!({"memberName": "Alpha", "endTime": "yesterday"})).await;
+    assert_eq!((s, body["result"].as_str()), (400, Some("invalid endTime")));
+    let (s, body) = ask(serde_json::json!({"memberName": "Alpha", "startTime": "soon"})).await;
+    assert_eq!(
+        (s, body["result"].as_str()),
+        (400, Some("invalid startTime"))
+    );
+    dns.shutdown().await;
+}
