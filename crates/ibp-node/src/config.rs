@@ -322,10 +322,15 @@ pub struct FileConfig {
     pub nats_pass: Option<String>,
     /// `Mysql` as a URL, when the section names a host.
     pub mysql_url: Option<String>,
-    /// The API section of each role (`MonitorApi`, `DnsApi`, `CollatorApi`) as `addr:port`.
-    pub role_api: BTreeMap<Role, String>,
+    /// The API section of each role (`MonitorApi`, `DnsApi`, `CollatorApi`): the section's
+    /// name and its address as `host:port` (IPv6 in brackets).
+    pub role_api: BTreeMap<Role, (&'static str, String)>,
     /// `Checks`.
     pub checks: Vec<CheckDef>,
+    /// Sections only one Go program reads, by the role they point to (`Checks` → monitor,
+    /// `GeoDNSOverrides` → DNS, `CollatorApi`/`Matrix` → collator; `Maxmind` → DNS only
+    /// when nothing else points anywhere, since Go monitor files carry it too).
+    pub role_hints: Vec<(Role, &'static str)>,
     /// `CheckWorkers.numWorkers`.
     pub check_workers: Option<i64>,
     /// `IbpNode`.
@@ -444,11 +449,25 @@ impl FileConfig {
                             format!("{port:?} is not a port number"),
                         )
                     })?;
-                    c.role_api.insert(role, format!("{addr}:{port}"));
+                    c.role_api
+                        .insert(role, (section, format!("{}:{port}", listen_host(&addr))));
                 }
             }
         }
         c.geodns = geodns::parse_file(&root)?;
+        for (role, section) in [
+            (Role::Monitor, "Checks"),
+            (Role::Dns, "GeoDNSOverrides"),
+            (Role::Collator, "CollatorApi"),
+            (Role::Collator, "Matrix"),
+        ] {
+            if get(&root, section).is_some() {
+                c.role_hints.push((role, section));
+            }
+        }
+        if c.role_hints.is_empty() && get(&root, "Maxmind").is_some() {
+            c.role_hints.push((Role::Dns, "Maxmind"));
+        }
         if let Some(w) = get(&root, "CheckWorkers") {
             c.check_workers = match get(w, "numWorkers") {
                 None => None,
@@ -537,6 +556,8 @@ pub struct Overrides {
 pub struct NodeConfig {
     /// Role.
     pub role: Role,
+    /// Where the role came from (a flag, `IbpNode.role`, the Go sections, the default).
+    pub role_source: String,
     /// Node ID.
     pub node_id: NodeId,
     /// NATS options.
@@ -597,6 +618,7 @@ impl std::fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeConfig")
             .field("role", &self.role)
+            .field("role_source", &self.role_source)
             .field("node_id", &self.node_id)
             .field("nats", &self.nats.servers)
             .field("http", &self.http)
@@ -614,21 +636,11 @@ impl NodeConfig {
     /// Resolves file + flags + defaults, validating everything.
     pub fn resolve(file: &FileConfig, o: &Overrides) -> Result<NodeConfig, ConfigError> {
         let ibp = &file.ibp;
-        let role_text = o
-            .role
-            .clone()
-            .or_else(|| ibp.role.clone())
-            .unwrap_or_else(|| "monitor".into());
-        let role: Role = role_text.parse().map_err(|e: ibp_wire::UnknownRole| {
-            cerr(
-                if o.role.is_some() {
-                    "--role"
-                } else {
-                    "IbpNode.role"
-                },
-                e.to_string(),
-            )
-        })?;
+        let (role, role_source) = match (&o.role, &ibp.role) {
+            (Some(r), _) => (parse_role(r, "--role")?, "--role".to_string()),
+            (None, Some(r)) => (parse_role(r, "IbpNode.role")?, "IbpNode.role".to_string()),
+            (None, None) => infer_role(&file.role_hints)?,
+        };
         let work_dir = o
             .work_dir
             .clone()
@@ -729,13 +741,13 @@ impl NodeConfig {
             Role::Collator => 9000,
         };
         let (http_field, http_text) = if let Some(h) = &o.http {
-            ("--http", h.clone())
+            ("--http".to_string(), h.clone())
         } else if let Some(h) = &ibp.http {
-            ("IbpNode.http", h.clone())
-        } else if let Some(h) = file.role_api.get(&role) {
-            ("(role)Api.ListenAddress/ListenPort", h.clone())
+            ("IbpNode.http".to_string(), h.clone())
+        } else if let Some((section, h)) = file.role_api.get(&role) {
+            (format!("{section}.ListenAddress/ListenPort"), h.clone())
         } else {
-            ("--http", format!("127.0.0.1:{default_port}"))
+            ("--http".to_string(), format!("127.0.0.1:{default_port}"))
         };
         let http = http_text.parse::<std::net::SocketAddr>().map_err(|_| {
             cerr(
@@ -890,6 +902,7 @@ impl NodeConfig {
         }
         Ok(NodeConfig {
             role,
+            role_source,
             node_id,
             nats,
             http,
@@ -929,6 +942,56 @@ impl NodeConfig {
 
 /// Width of the `node_id` column of `requests`: a DNS node's ID must fit it whole.
 pub const MAX_STORED_ID: usize = 32;
+
+/// A Go `ListenAddress` as the host part of `host:port`, accepting what Go's `net.Listen`
+/// does: empty (all interfaces), `localhost`, IPv4 and IPv6 literals (bracketed here).
+fn listen_host(addr: &str) -> String {
+    let a = addr.trim();
+    match a {
+        "" => "0.0.0.0".into(),
+        "localhost" => "127.0.0.1".into(),
+        a if a.contains(':') && !a.starts_with('[') => format!("[{a}]"),
+        a => a.into(),
+    }
+}
+
+fn parse_role(text: &str, field: &str) -> Result<Role, ConfigError> {
+    text.parse()
+        .map_err(|e: ibp_wire::UnknownRole| cerr(field, e.to_string()))
+}
+
+/// The role a Go config file belongs to, from the sections only one Go program reads; a
+/// file without any is a monitor's (the default), one pointing at two roles is refused.
+fn infer_role(hints: &[(Role, &'static str)]) -> Result<(Role, String), ConfigError> {
+    let mut roles: Vec<Role> = hints.iter().map(|(r, _)| *r).collect();
+    roles.dedup();
+    let sections = |r: Role| {
+        hints
+            .iter()
+            .filter(|(x, _)| *x == r)
+            .map(|(_, s)| *s)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match roles.as_slice() {
+        [] => Ok((
+            Role::Monitor,
+            "the default (no section names a role)".into(),
+        )),
+        [r] => Ok((*r, format!("the Go config's {}", sections(*r)))),
+        _ => Err(cerr(
+            "--role",
+            format!(
+                "the config file's sections belong to several programs ({}): say which this node is with --role or IbpNode.role",
+                roles
+                    .iter()
+                    .map(|r| format!("{} ← {}", r.short_name(), sections(*r)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        )),
+    }
+}
 
 /// The ID a node without a configured one uses: `<role>-<host>-<6 hex>`, the hex derived
 /// from the host and the work directory, and kept in `<work_dir>/node-id.<role>` from the

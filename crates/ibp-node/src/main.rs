@@ -367,6 +367,7 @@ async fn check_config(a: CheckArgs) -> Result<()> {
         },
     )?;
     println!("{cfg:#?}");
+    println!("role: {} (from {})", cfg.role, cfg.role_source);
     println!("node id: {} (from {})", cfg.node_id, cfg.node_id_source);
     let sec = &cfg.security;
     println!(

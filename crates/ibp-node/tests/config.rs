@@ -416,3 +416,79 @@ fn the_go_dns_config_gives_the_geodns_settings() {
         .to_string();
     assert!(e.contains("IbpNode.dns.listen"), "{e}");
 }
+
+#[test]
+fn a_go_config_names_its_program_and_the_role_follows() {
+    let read = |name: &str| {
+        let path = format!(
+            "{}/../../fixtures/go-configs/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        FileConfig::parse(&std::fs::read_to_string(path).expect("fixture")).expect("parses")
+    };
+    for (name, role, http) in [
+        ("monitor", Role::Monitor, "0.0.0.0:6101"),
+        ("dns", Role::Dns, "0.0.0.0:6100"),
+        ("collator", Role::Collator, "0.0.0.0:9000"),
+    ] {
+        let cfg = NodeConfig::resolve(&read(name), &Overrides::default()).expect("resolves");
+        assert_eq!(cfg.role, role, "{name}: {}", cfg.role_source);
+        assert!(
+            cfg.role_source.contains("Go config"),
+            "{name}: {}",
+            cfg.role_source
+        );
+        assert_eq!(cfg.http.to_string(), http, "{name}: its own API section");
+    }
+    // A flag still wins.
+    let o = Overrides {
+        role: Some("monitor".into()),
+        ..Overrides::default()
+    };
+    let cfg = NodeConfig::resolve(&read("collator"), &o).expect("resolves");
+    assert_eq!(
+        (cfg.role, cfg.role_source.as_str()),
+        (Role::Monitor, "--role")
+    );
+    // Sections of two programs: refused, naming the flag to add.
+    let f = FileConfig::parse(
+        r#"{"Checks":[{"Name":"ping","Enabled":1,"CheckType":"site"}],"CollatorApi":{"ListenPort":"9000"}}"#,
+    )
+    .expect("parses");
+    let e = NodeConfig::resolve(&f, &Overrides::default())
+        .expect_err("ambiguous")
+        .to_string();
+    assert!(
+        e.contains("--role")
+            && e.contains("monitor ← Checks")
+            && e.contains("collator ← CollatorApi"),
+        "{e}"
+    );
+    // Nothing decisive: a monitor, as before.
+    let cfg = NodeConfig::resolve(&FileConfig::default(), &Overrides::default()).expect("resolves");
+    assert_eq!(cfg.role, Role::Monitor);
+}
+
+#[test]
+fn go_listen_addresses_are_accepted_as_go_accepts_them() {
+    for (addr, want) in [
+        ("", "0.0.0.0:6101"),
+        ("::", "[::]:6101"),
+        ("::1", "[::1]:6101"),
+        ("localhost", "127.0.0.1:6101"),
+        ("10.0.0.5", "10.0.0.5:6101"),
+    ] {
+        let text = format!(r#"{{"MonitorApi":{{"ListenAddress":"{addr}","ListenPort":"6101"}}}}"#);
+        let f = FileConfig::parse(&text).expect("parses");
+        let cfg = NodeConfig::resolve(&f, &Overrides::default()).expect("resolves");
+        assert_eq!(cfg.http.to_string(), want, "{addr:?}");
+    }
+    let f =
+        FileConfig::parse(r#"{"MonitorApi":{"ListenAddress":"no such host","ListenPort":"6101"}}"#)
+            .expect("parses");
+    let e = NodeConfig::resolve(&f, &Overrides::default())
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("MonitorApi.ListenAddress/ListenPort"), "{e}");
+    assert!(!e.contains("(role)"), "{e}");
+}
