@@ -198,8 +198,12 @@ fn init_logs(format: Option<LogFormat>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    // Colour only for a person at a terminal: never into files or pipes, never with NO_COLOR.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         Some(LogFormat::Json) => builder.json().flatten_event(true).try_init(),
@@ -207,12 +211,24 @@ fn init_logs(format: Option<LogFormat>, default_level: &str) {
     };
 }
 
-fn go_level(level: Option<&str>) -> String {
-    match level.map(|l| l.to_ascii_lowercase()) {
-        Some(l) if l == "debug" => "info,ibp_node=debug,ibp_core=debug".into(),
-        Some(l) if l == "warn" || l == "warning" => "warn".into(),
-        Some(l) if l == "error" => "error".into(),
-        _ => "info".into(),
+/// The log filter for a Go `System.LogLevel` (the Go programs' levels: Trace, Debug, Info,
+/// Warn, Error, Fatal), and a warning for a level Go does not know.
+fn go_level(level: Option<&str>) -> (String, Option<String>) {
+    let ours =
+        "ibp_node={0},ibp_core={0},ibp_checks={0},ibp_storage={0},ibp_trust={0},ibp_geodns={0}";
+    match level.map(|l| l.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("info") => ("info".into(), None),
+        Some("trace") => (format!("info,{}", ours.replace("{0}", "trace")), None),
+        Some("debug") => (format!("info,{}", ours.replace("{0}", "debug")), None),
+        Some("warn") | Some("warning") => ("warn".into(), None),
+        Some("error") | Some("fatal") | Some("panic") => ("error".into(), None),
+        Some(_) => (
+            "info".into(),
+            Some(format!(
+                "System.LogLevel {:?} is not a level (Trace, Debug, Info, Warn, Error, Fatal); logging at Info",
+                level.unwrap_or_default()
+            )),
+        ),
     }
 }
 
@@ -257,7 +273,11 @@ async fn run(args: RunArgs, format: Option<LogFormat>) -> Result<()> {
         Some("json") => Some(LogFormat::Json),
         _ => None,
     });
-    init_logs(format, &go_level(cfg.log_level.as_deref()));
+    let (level, unknown) = go_level(cfg.log_level.as_deref());
+    init_logs(format, &level);
+    if let Some(w) = unknown {
+        tracing::warn!("{w}");
+    }
     if cfg.db.starts_with("sqlite:") {
         std::fs::create_dir_all(&cfg.work_dir)
             .with_context(|| format!("cannot create WorkDir {}", cfg.work_dir.display()))?;
@@ -455,8 +475,46 @@ async fn check(a: CheckCmdArgs) -> Result<ExitCode> {
     })
 }
 
+/// A failure as one line: each cause once (a wrapper that already quotes its cause does
+/// not repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`ibp-node usage … | head`) would
+/// panic; restore the default so the tool ends quietly, as other Unix tools do.
+fn quiet_on_closed_pipes() {
+    #[cfg(unix)]
+    {
+        unsafe extern "C" {
+            fn signal(sig: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: resetting a signal to its default disposition at start, before any thread.
+        unsafe { signal(SIGPIPE, SIG_DFL) };
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Only the one-shot tools, which print results: the daemon keeps Rust's default (a
+    // peer closing a pipe must never kill a running node).
+    if !matches!(cli.command, Command::Run(_)) {
+        quiet_on_closed_pipes();
+    }
+    let json = matches!(cli.log_format, Some(LogFormat::Json));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -498,8 +556,39 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ibp-node: {e:#}");
+            let line = one_line(&e);
+            if json {
+                // The same shape as the JSON log lines, so log shippers take it as one.
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        "level": "ERROR",
+                        "message": format!("ibp-node: {line}"),
+                        "target": "ibp_node",
+                    })
+                );
+            } else {
+                eprintln!("ibp-node: {line}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_level;
+
+    #[test]
+    fn go_log_levels_map_to_filters() {
+        assert!(go_level(Some("Trace")).0.contains("ibp_node=trace"));
+        assert!(go_level(Some("Debug")).0.contains("ibp_core=debug"));
+        assert_eq!(go_level(Some("Warn")).0, "warn");
+        assert_eq!(go_level(Some("Fatal")).0, "error");
+        assert_eq!(go_level(None), ("info".to_string(), None));
+        let (level, warning) = go_level(Some("Verbose"));
+        assert_eq!(level, "info");
+        assert!(warning.is_some_and(|w| w.contains("Verbose")));
     }
 }

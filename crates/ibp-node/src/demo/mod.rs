@@ -649,7 +649,21 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             "  curl -s -XPOST http://{}/v1/observations -d '{{\"checkType\":\"site\",\"checkName\":\"ping\",\"memberName\":\"{member}\",\"isIPv6\":false,\"status\":false}}'",
             apps[0].http_addr
         );
-        println!("Ctrl-C to stop.");
+        println!("Ctrl-C (or SIGTERM) to stop.");
+        // SIGTERM too (systemd, `kill`): the work directory is removed either way.
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
     for a in apps {

@@ -1,0 +1,137 @@
+//! The binary as an operator's scripts meet it: closed pipes, fatal errors, log colours,
+//! Go log levels, and the demo stopped by SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn unreachable_run(extra: &[&str], config: Option<&std::path::Path>) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let work = dir.path().display().to_string();
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        [
+            "run",
+            "--role",
+            "monitor",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "--http",
+            "127.0.0.1:0",
+            "--work-dir",
+            &work,
+        ]
+        .map(String::from),
+    );
+    if let Some(c) = config {
+        args.push("--config".into());
+        args.push(c.display().to_string());
+    }
+    let out = Command::new(common::BIN)
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_tool_writing_into_a_closed_pipe_ends_quietly() {
+    let mut child = Command::new(common::BIN)
+        .arg("nats-permissions")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The reader goes away before the tool writes (as `| head -c 10` does after 10 bytes).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
+
+#[test]
+fn a_fatal_error_is_one_line_once_and_json_with_json_logs() {
+    let (code, stderr) = unreachable_run(&[], None);
+    assert_eq!(code, Some(1));
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ibp-node: cannot connect to NATS"),
+        "{stderr}"
+    );
+    assert_eq!(last.matches("cannot connect to NATS").count(), 1, "{last}");
+
+    let (code, stderr) = unreachable_run(&["--log-format", "json"], None);
+    assert_eq!(code, Some(1));
+    let last = stderr.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).expect("the final line is JSON");
+    assert_eq!(v["level"], "ERROR");
+    assert_eq!(
+        v["message"]
+            .as_str()
+            .map(|m| m.matches("cannot connect to NATS").count()),
+        Some(1)
+    );
+}
+
+#[test]
+fn logs_into_a_file_or_pipe_carry_no_colour_codes() {
+    let (_, stderr) = unreachable_run(&[], None);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escape in: {stderr:?}");
+}
+
+#[test]
+fn go_log_levels_are_mapped_and_unknown_ones_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("monitor.json");
+    std::fs::write(&file, r#"{"System":{"LogLevel":"Verbose"}}"#).expect("write");
+    let (_, stderr) = unreachable_run(&[], Some(&file));
+    assert!(
+        stderr.contains("System.LogLevel \"Verbose\" is not a level"),
+        "{stderr}"
+    );
+    // Go's own levels are taken as they are (Trace included).
+    for level in ["Trace", "debug", "Info", "WARN", "Error", "Fatal"] {
+        std::fs::write(&file, format!(r#"{{"System":{{"LogLevel":"{level}"}}}}"#)).expect("write");
+        let (_, stderr) = unreachable_run(&[], Some(&file));
+        assert!(!stderr.contains("is not a level"), "{level}: {stderr}");
+    }
+}
+
+#[test]
+fn the_demo_stopped_by_sigterm_removes_its_work_directory() {
+    let mut child = Command::new(common::BIN)
+        .args(["demo", "--keep"])
+        .env("RUST_LOG", "warn")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut work = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        if let Some(rest) = line.split("(work dir ").nth(1) {
+            work = Some(std::path::PathBuf::from(rest.trim_end_matches(')')));
+        }
+        if line.contains("to stop.") {
+            break;
+        }
+    }
+    let work = work.expect("the demo names its work directory");
+    assert!(work.is_dir());
+    let (status, _) = common::terminate(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(!work.exists(), "{} left behind", work.display());
+}
