@@ -366,7 +366,7 @@ impl App {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });
-        tracing::info!(node = %cfg.node_id, role = %cfg.role, role_from = %cfg.role_source, http = %http_addr, db = %ibp_storage::redact_url(&cfg.db), nats = %cfg.nats.servers, "node started");
+        tracing::info!(node = %cfg.node_id, role = %cfg.role, role_from = %cfg.role_source, http = %http_addr, db = %ibp_storage::redact_url(&cfg.db), nats = %crate::connection::redact_servers(&cfg.nats.servers), "node started");
         Ok(App {
             node,
             http_addr,

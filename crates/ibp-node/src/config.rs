@@ -620,7 +620,10 @@ impl std::fmt::Debug for NodeConfig {
             .field("role", &self.role)
             .field("role_source", &self.role_source)
             .field("node_id", &self.node_id)
-            .field("nats", &self.nats.servers)
+            .field(
+                "nats",
+                &crate::connection::redact_servers(&self.nats.servers),
+            )
             .field("http", &self.http)
             .field("db", &ibp_storage::redact_url(&self.db))
             .field("work_dir", &self.work_dir)
@@ -718,22 +721,21 @@ impl NodeConfig {
                 ));
             }
         }
+        let url_field = if o.nats_url.is_some() {
+            "--nats-url"
+        } else {
+            "Nats.Url"
+        };
         for url in nats
             .servers
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            url.parse::<async_nats::ServerAddr>().map_err(|e| {
-                cerr(
-                    if o.nats_url.is_some() {
-                        "--nats-url"
-                    } else {
-                        "Nats.Url"
-                    },
-                    format!("{url:?}: {e}"),
-                )
-            })?;
+            let shown = crate::connection::redact_servers(url);
+            check_nats_url(url).map_err(|e| cerr(url_field, format!("{shown:?}: {e}")))?;
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| cerr(url_field, format!("{shown:?}: {e}")))?;
         }
         let default_port = match role {
             Role::Monitor => 6101,
@@ -953,6 +955,35 @@ fn listen_host(addr: &str) -> String {
         a if a.contains(':') && !a.starts_with('[') => format!("[{a}]"),
         a => a.into(),
     }
+}
+
+/// A NATS server URL as the clients take it: `nats`, `tls`, `ws` or `wss` with a host (a
+/// bare `host:port` is `nats://host:port`).
+fn check_nats_url(url: &str) -> Result<(), String> {
+    if url.chars().any(char::is_whitespace) {
+        return Err("a URL has no spaces".into());
+    }
+    let full = if url.contains("://") {
+        url.to_string()
+    } else if url.contains('/') {
+        return Err("expected nats://host:port (or host:port)".into());
+    } else {
+        format!("nats://{url}")
+    };
+    let u = url::Url::parse(&full).map_err(|e| e.to_string())?;
+    if !matches!(u.path(), "" | "/") {
+        return Err(format!("a server URL has no path ({:?})", u.path()));
+    }
+    if !matches!(u.scheme(), "nats" | "tls" | "ws" | "wss") {
+        return Err(format!(
+            "scheme {:?} is not nats, tls, ws or wss",
+            u.scheme()
+        ));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    Ok(())
 }
 
 fn parse_role(text: &str, field: &str) -> Result<Role, ConfigError> {

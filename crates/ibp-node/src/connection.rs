@@ -73,7 +73,7 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let set = |o: &Option<String>| o.as_ref().map(|_| "***");
         f.debug_struct("ConnectOptions")
-            .field("servers", &self.servers)
+            .field("servers", &redact_servers(&self.servers))
             .field("name", &self.name)
             .field("user", &self.user)
             .field("password", &set(&self.password))
@@ -150,12 +150,58 @@ impl ConnectError {
     }
 
     fn new(kind: ConnectErrorKind, servers: &str, message: impl Into<String>) -> ConnectError {
+        let mut message = message.into();
+        // Messages may quote the URL they were given: never its secrets.
+        for raw in servers.split(',').map(str::trim) {
+            let shown = redact_servers(raw);
+            if shown != raw {
+                message = message.replace(raw, &shown);
+            }
+        }
         ConnectError {
             kind,
-            servers: servers.to_string(),
-            message: message.into(),
+            servers: redact_servers(servers),
+            message,
         }
     }
+}
+
+/// A server list with every URL's userinfo (user:password, or a token) replaced by `***`.
+pub fn redact_servers(servers: &str) -> String {
+    servers
+        .split(',')
+        .map(|u| {
+            let t = u.trim();
+            match (t.find("://"), t.rfind('@')) {
+                (Some(s), Some(at)) if at > s => format!("{}***@{}", &t[..s + 3], &t[at + 1..]),
+                _ => t.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Credentials written into a server URL, as nats.go and nats-py take them:
+/// `nats://user:password@host` or `nats://token@host`. Returns the URL without them.
+fn url_credentials(url: &str) -> (String, Option<(String, Option<String>)>) {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return (url.to_string(), None);
+    };
+    if u.username().is_empty() {
+        return (url.to_string(), None);
+    }
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| s.to_string())
+    };
+    let user = decode(u.username());
+    let password = u.password().map(decode);
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    let bare = u.as_str().trim_end_matches('/').to_string();
+    (bare, Some((user, password)))
 }
 
 /// The connection's state as the rest of the node sees it.
@@ -304,13 +350,18 @@ impl Connection {
         opts: &ConnectOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Connection, ConnectError> {
+        let mut from_url = None;
         let servers: Vec<async_nats::ServerAddr> = opts
             .servers
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                let (bare, creds) = url_credentials(s);
+                if from_url.is_none() {
+                    from_url = creds;
+                }
+                bare.parse::<async_nats::ServerAddr>().map_err(|e| {
                     ConnectError::new(
                         ConnectErrorKind::InvalidOptions,
                         &opts.servers,
@@ -329,6 +380,14 @@ impl Connection {
         let mut o = async_nats::ConnectOptions::new();
         if let Some(n) = &opts.name {
             o = o.name(n);
+        }
+        match (&opts.user, &opts.password, &opts.token, from_url) {
+            // Credentials in the URL, when none are configured otherwise.
+            (None, None, None, Some((user, Some(password)))) => {
+                o = o.user_and_password(user, password)
+            }
+            (None, None, None, Some((token, None))) => o = o.token(token),
+            _ => {}
         }
         match (&opts.user, &opts.password) {
             (Some(u), Some(p)) => o = o.user_and_password(u.clone(), p.clone()),

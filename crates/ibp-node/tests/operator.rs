@@ -135,3 +135,111 @@ fn the_demo_stopped_by_sigterm_removes_its_work_directory() {
     assert!(status.success(), "{status}");
     assert!(!work.exists(), "{} left behind", work.display());
 }
+
+/// Runs a monitor against `url`; whether it came up (connected), and its log.
+async fn monitor_at(url: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let work = dir.path().display().to_string();
+    let mut child = common::spawn(&[
+        "run",
+        "--role",
+        "monitor",
+        "--nats-url",
+        url,
+        "--http",
+        &http,
+        "--work-dir",
+        &work,
+    ]);
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("http://{http}/healthz")).send().await
+            && r.status().is_success()
+        {
+            let (_, log) = common::terminate(&mut child, Duration::from_secs(10));
+            return (true, log);
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return (false, common::log_of(&child));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither up nor failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_nats_url_are_used_and_never_shown() {
+    use ibp_testkit::{Auth, NatsServer, ServerOptions};
+    let server = NatsServer::start_with(ServerOptions {
+        auth: Auth::UserPass("bob".into(), "s3cret-pw".into()),
+        ..Default::default()
+    })
+    .expect("nats-server");
+    let port = server.port();
+    let (up, log) = monitor_at(&format!("nats://bob:s3cret-pw@127.0.0.1:{port}")).await;
+    assert!(up, "user:password in the URL: {log}");
+    assert!(!log.contains("s3cret-pw"), "{log}");
+    let (up, log) = monitor_at(&format!("nats://bob:wrong-pw@127.0.0.1:{port}")).await;
+    assert!(!up);
+    assert!(log.contains("nats://***@127.0.0.1"), "{log}");
+    assert!(!log.contains("wrong-pw"), "{log}");
+
+    let server = NatsServer::start_with(ServerOptions {
+        auth: Auth::Token("t0ken-xyz".into()),
+        ..Default::default()
+    })
+    .expect("nats-server");
+    let (up, log) = monitor_at(&format!("nats://t0ken-xyz@127.0.0.1:{}", server.port())).await;
+    assert!(up, "a token in the URL: {log}");
+    assert!(!log.contains("t0ken-xyz"), "{log}");
+}
+
+#[test]
+fn check_config_refuses_a_nats_url_no_client_could_use() {
+    let dir = tempfile::tempdir().expect("dir");
+    for bad in [
+        "htp:/bad url",
+        "http://127.0.0.1:4222",
+        "nats://:4222",
+        "nats://h:4222/path",
+    ] {
+        let file = dir.path().join("c.json");
+        std::fs::write(&file, serde_json::json!({"Nats": {"Url": bad}}).to_string())
+            .expect("write");
+        let out = common::cmd()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(stderr.contains("Nats.Url"), "{bad:?}: {stderr}");
+    }
+    let file = dir.path().join("ok.json");
+    std::fs::write(
+        &file,
+        r#"{"Nats":{"Url":"nats://a:pw@10.0.0.1:4222, tls://h2:4222,127.0.0.1:4222"}}"#,
+    )
+    .expect("write");
+    let out = common::cmd()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(":pw@"),
+        "the password is shown"
+    );
+}
