@@ -243,3 +243,60 @@ fn check_config_refuses_a_nats_url_no_client_could_use() {
         "the password is shown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_of_the_nodes_api_has_the_json_shape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = ibp_testkit::NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = common::node_config("dns", "dns-1", &nats.url(), dir.path());
+    cfg.security.http_max_body = 1024;
+    let app = ibp_node::app::App::start(cfg).await.expect("starts");
+    let http = app.http_addr.to_string();
+
+    // An unknown path.
+    let r = reqwest::get(format!("http://{http}/no/such/path"))
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 404);
+    let v: serde_json::Value = r.json().await.expect("a JSON body");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/no/such/path")),
+        "{v}"
+    );
+    // A method the route does not take.
+    let r = reqwest::get(format!("http://{http}/v1/usage/hits"))
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 405);
+    let v: serde_json::Value = r.json().await.expect("a JSON body");
+    assert!(v["error"].is_string(), "{v}");
+    // A streamed body cut off at the limit.
+    let mut tcp = tokio::net::TcpStream::connect(&http)
+        .await
+        .expect("connect");
+    tcp.write_all(b"POST /v1/usage/hits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("head");
+    let chunk = format!("{:x}\r\n{}\r\n", 2048, "x".repeat(2048));
+    let _ = tcp.write_all(chunk.as_bytes()).await;
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("{\"error\":"), "{answer}");
+    // The PowerDNS backend keeps PowerDNS's shape.
+    let r = reqwest::Client::new()
+        .post(format!("http://{http}/dns"))
+        .body("{")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["result"], "Bad request", "{v}");
+    app.shutdown().await;
+}

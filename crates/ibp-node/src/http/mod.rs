@@ -91,6 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/observations", post(observations))
         .route("/v1/usage/hits", post(hits))
         .route("/v1/usage/collect", post(collect))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.max_body,
@@ -123,6 +125,39 @@ async fn body_limit(
         ),
         _ => next.run(req).await,
     }
+}
+
+/// An unknown path: the API's one error shape, naming the path.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such path: {} (see docs/http-api.md)", uri.path()),
+    )
+}
+
+/// Errors the framework answers itself (a body cut off at the limit, a wrong method, a
+/// body that is not what the route takes) in plain text get the API's JSON shape too.
+/// `/dns` keeps PowerDNS's shapes.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let dns = req.uri().path() == "/dns";
+    let r = next.run(req).await;
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if dns || is_json || !(r.status().is_client_error() || r.status().is_server_error()) {
+        return r;
+    }
+    let status = r.status();
+    let text = match axum::body::to_bytes(r.into_body(), 64 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_string(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string(),
+    };
+    error(status, text)
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
