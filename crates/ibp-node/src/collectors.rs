@@ -98,12 +98,12 @@ pub struct FanoutReport<T> {
     pub incomplete: BTreeMap<String, String>,
     /// Number of nodes asked.
     pub expected: usize,
-    /// Time to the result.
-    #[serde(with = "duration_ms")]
+    /// Time to the result (`elapsedMs` in JSON).
+    #[serde(with = "duration_ms", rename = "elapsedMs")]
     pub elapsed: Duration,
     /// Payload bytes received.
     pub bytes: usize,
-    /// Whether every expected node answered completely.
+    /// Whether every expected node answered completely and without an error.
     pub complete: bool,
 }
 
@@ -371,9 +371,9 @@ async fn fan_out<K: Kind>(
         .filter(|id| !done.contains(*id))
         .cloned()
         .collect();
-    let complete = missing.is_empty();
+    let complete = missing.is_empty() && errors.is_empty();
     if !complete {
-        tracing::warn!(kind = K::NAME, missing = ?missing, answered = answered.len(), "fan-out finished with missing nodes");
+        tracing::warn!(kind = K::NAME, missing = ?missing, errors = errors.len(), answered = answered.len(), "fan-out finished with missing or failed nodes");
     }
     Ok(FanoutReport {
         records,

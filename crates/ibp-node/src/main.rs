@@ -334,7 +334,19 @@ async fn cli_node(bus: &FanoutArgs, target: Role) -> Result<(Node, Duration)> {
     Ok((node, timeout))
 }
 
-async fn usage(a: UsageArgs) -> Result<()> {
+/// Exit code of `usage` and `downtime` when the answer is incomplete (a node missing, or
+/// one that answered with an error); the JSON is printed all the same.
+const EXIT_INCOMPLETE: u8 = 2;
+
+fn exit_for(complete: bool) -> ExitCode {
+    if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INCOMPLETE)
+    }
+}
+
+async fn usage(a: UsageArgs) -> Result<ExitCode> {
     init_logs(None, "warn");
     let today = chrono::Utc::now()
         .date_naive()
@@ -358,13 +370,20 @@ async fn usage(a: UsageArgs) -> Result<()> {
         out["aggregated"] = serde_json::to_value(collectors::aggregate_usage(&report.records))?;
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    Ok(exit_for(report.complete))
 }
 
-async fn downtime(a: DowntimeArgs) -> Result<()> {
+async fn downtime(a: DowntimeArgs) -> Result<ExitCode> {
     init_logs(None, "warn");
     let start = WireTime::parse(&a.from).map_err(|e| anyhow!("--from: {e}"))?;
     let end = WireTime::parse(&a.to).map_err(|e| anyhow!("--to: {e}"))?;
+    for (flag, t, text) in [("--from", &start, &a.from), ("--to", &end, &a.to)] {
+        if t.is_zero() {
+            bail!(
+                "{flag}: {text} is Go's zero time, which the protocol reads as \"not set\"; give a real time"
+            );
+        }
+    }
     let req = DowntimeRequest {
         start_time: start,
         end_time: end,
@@ -373,8 +392,9 @@ async fn downtime(a: DowntimeArgs) -> Result<()> {
     let (node, timeout) = cli_node(&a.bus, Role::Monitor).await?;
     let r = collectors::request_all_monitors_downtime(&node, &req, timeout).await;
     node.shutdown(Duration::from_secs(1)).await;
-    println!("{}", serde_json::to_string_pretty(&r?)?);
-    Ok(())
+    let report = r?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(exit_for(report.complete))
 }
 
 async fn check_config(a: CheckArgs) -> Result<()> {
@@ -529,8 +549,8 @@ fn main() -> ExitCode {
         let ok = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.command {
             Command::Run(a) => ok(run(a, cli.log_format).await),
-            Command::Usage(a) => ok(usage(a).await),
-            Command::Downtime(a) => ok(downtime(a).await),
+            Command::Usage(a) => usage(a).await,
+            Command::Downtime(a) => downtime(a).await,
             Command::CheckConfig(a) => ok(check_config(a).await),
             Command::Demo(a) => ok(ibp_node::demo::run(a).await.map_err(|e| anyhow!(e))),
             Command::Check(a) => check(a).await,

@@ -300,3 +300,62 @@ async fn every_error_of_the_nodes_api_has_the_json_shape() {
     assert_eq!(v["result"], "Bad request", "{v}");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_downtime_exit_non_zero_when_the_answer_is_incomplete() {
+    let nats = ibp_testkit::NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = common::node_config("dns", "dns-1", &nats.url(), dir.path());
+    let dns = ibp_node::app::App::start(cfg).await.expect("starts");
+    // More than the 366 days a node answers: dns-1 answers with an error.
+    let out = common::cmd()
+        .args([
+            "usage",
+            "--nats-url",
+            &nats.url(),
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2026-01-01",
+            "--timeout",
+            "10s",
+        ])
+        .output()
+        .expect("usage");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON all the same");
+    assert_eq!(out.status.code(), Some(2), "{r}");
+    assert_eq!(r["complete"], false, "{r}");
+    assert!(r["errors"]["dns-1"].is_string(), "{r}");
+    assert!(r["elapsedMs"].is_number(), "{r}");
+    // A complete answer exits 0.
+    let out = common::cmd()
+        .args(["usage", "--nats-url", &nats.url(), "--timeout", "10s"])
+        .output()
+        .expect("usage");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Go's zero time is "not set": say so.
+    let out = common::cmd()
+        .args([
+            "downtime",
+            "--nats-url",
+            &nats.url(),
+            "--from",
+            "0001-01-01T00:00:00Z",
+            "--to",
+            "2026-01-01T00:00:00Z",
+        ])
+        .output()
+        .expect("downtime");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--from") && stderr.contains("zero time"),
+        "{stderr}"
+    );
+    dns.shutdown().await;
+}
