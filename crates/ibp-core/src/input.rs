@@ -105,17 +105,49 @@ const OBSERVATION_FIELDS: [&str; 9] = [
     "data",
 ];
 
+/// Refuses a field of `m` that is not in `allowed`, naming it and what is expected (every
+/// JSON body of the API takes only the fields it documents).
+pub fn known_fields(
+    m: &serde_json::Map<String, Value>,
+    at: &str,
+    allowed: &[&str],
+) -> Result<(), String> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "{at}.{k}: unknown field (expected {})",
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A day as the API takes it: exactly `YYYY-MM-DD`, years 2000–9999 (no sign, no week
+/// dates, nothing chrono would otherwise stretch to).
+pub fn parse_day(text: &str, field: &str) -> Result<chrono::NaiveDate, String> {
+    let shaped = text.len() == 10
+        && text.char_indices().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    let day = shaped
+        .then(|| chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())
+        .flatten()
+        .ok_or_else(|| format!("{field}: {text:?} is not a YYYY-MM-DD date"))?;
+    if !(2000..=9999).contains(&chrono::Datelike::year(&day)) {
+        return Err(format!("{field}: {text:?} is out of range"));
+    }
+    Ok(day)
+}
+
 /// Validates one observation object.
 pub fn parse_observation(
     m: &serde_json::Map<String, Value>,
     at: &str,
 ) -> Result<Observation, String> {
-    if let Some(k) = m.keys().find(|k| !OBSERVATION_FIELDS.contains(&k.as_str())) {
-        return Err(format!(
-            "{at}.{k}: unknown field (expected {})",
-            OBSERVATION_FIELDS.join(", ")
-        ));
-    }
+    known_fields(m, at, &OBSERVATION_FIELDS)?;
     let ty = field_str(m, at, "checkType", true)?;
     let check_type = match ty.as_str() {
         "site" => CheckType::Site,

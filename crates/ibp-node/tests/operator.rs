@@ -359,3 +359,47 @@ async fn usage_and_downtime_exit_non_zero_when_the_answer_is_incomplete() {
     );
     dns.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_body_and_query_is_validated_by_one_policy() {
+    let nats = ibp_testkit::NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = common::node_config("collator", "collator-1", &nats.url(), dir.path());
+    let app = ibp_node::app::App::start(cfg).await.expect("starts");
+    let http = app.http_addr.to_string();
+    // Unknown fields are refused on every body, naming the field.
+    let (s, b) = common::post(
+        &http,
+        "/v1/usage/collect",
+        r#"{"from":"2026-11-01","to":"2026-11-01","dry":true}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("body.dry: unknown field")),
+        "{b}"
+    );
+    // Days are YYYY-MM-DD exactly: no sign, no year 0.
+    for bad in [
+        "-2026-11-30",
+        "+2026-11-30",
+        "0000-01-01",
+        "2026-1-1",
+        "2026-11-30x",
+    ] {
+        let (s, b) = common::get(&http, &format!("/v1/usage?from={bad}")).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+        let (s, b) = common::post(
+            &http,
+            "/v1/usage/collect",
+            &format!(r#"{{"from":"{bad}","to":"2026-11-30"}}"#),
+        )
+        .await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
+    let (s, b) = common::get(&http, "/v1/usage?from=2026-11-01&to=2026-11-30").await;
+    assert_eq!(s, 200, "{b}");
+    app.shutdown().await;
+}

@@ -25,7 +25,9 @@ use crate::cluster::Node;
 use crate::connection::StateKind;
 use crate::roles::{CollatorService, DnsService, Hit, MonitorService, results_snapshot};
 pub use ibp_core::input::MAX_BATCH;
-use ibp_core::input::{field_str, field_str_max, kind, objects, parse_observations};
+use ibp_core::input::{
+    field_str, field_str_max, kind, known_fields, objects, parse_day, parse_observations,
+};
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -498,22 +500,10 @@ const HIT_FIELDS: [&str; 9] = [
 /// A string field no longer than the usage column it ends up in.
 /// Validates one hit object (each field named in errors).
 pub fn parse_hit(m: &serde_json::Map<String, Value>, at: &str) -> Result<Hit, String> {
-    if let Some(k) = m.keys().find(|k| !HIT_FIELDS.contains(&k.as_str())) {
-        return Err(format!(
-            "{at}.{k}: unknown field (expected {})",
-            HIT_FIELDS.join(", ")
-        ));
-    }
+    known_fields(m, at, &HIT_FIELDS)?;
     let date = match m.get("date") {
         None | Some(Value::Null) => None,
-        Some(Value::String(d)) => {
-            let day = NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                .map_err(|_| format!("{at}.date: {d:?} is not a YYYY-MM-DD date"))?;
-            if !(2000..=9999).contains(&chrono::Datelike::year(&day)) {
-                return Err(format!("{at}.date: {d:?} is out of range"));
-            }
-            Some(day)
-        }
+        Some(Value::String(d)) => Some(parse_day(d, &format!("{at}.date"))?),
         Some(other) => {
             return Err(format!(
                 "{at}.date: expected a YYYY-MM-DD string, got {}",
@@ -562,10 +552,9 @@ pub fn parse_hit(m: &serde_json::Map<String, Value>, at: &str) -> Result<Hit, St
     })
 }
 
-fn parse_day(m: &serde_json::Map<String, Value>, name: &str) -> Result<NaiveDate, String> {
+fn body_day(m: &serde_json::Map<String, Value>, name: &str) -> Result<NaiveDate, String> {
     let s = field_str(m, "body", name, true)?;
-    NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-        .map_err(|_| format!("body.{name}: {s:?} is not a YYYY-MM-DD date"))
+    parse_day(&s, &format!("body.{name}"))
 }
 
 async fn collect(State(s): State<AppState>, body: Bytes) -> Response {
@@ -580,8 +569,9 @@ async fn collect(State(s): State<AppState>, body: Bytes) -> Response {
             );
         }
         let m = items.into_iter().next().unwrap_or_default();
-        let from = parse_day(&m, "from")?;
-        let to = parse_day(&m, "to")?;
+        known_fields(&m, "body", &["from", "to"])?;
+        let from = body_day(&m, "from")?;
+        let to = body_day(&m, "to")?;
         if from > to {
             return Err(format!("body.from {from} is after body.to {to}"));
         }
@@ -707,8 +697,7 @@ async fn usage_totals(State(s): State<AppState>, Query(q): Query<EventQuery>) ->
     let day = |v: &Option<String>, name: &str| -> Result<NaiveDate, String> {
         match v {
             None => Ok(today),
-            Some(t) => NaiveDate::parse_from_str(t, "%Y-%m-%d")
-                .map_err(|_| format!("{name}: {t:?} is not YYYY-MM-DD")),
+            Some(t) => parse_day(t, name),
         }
     };
     let range = day(&q.from, "from").and_then(|f| Ok((f, day(&q.to, "to")?)));
