@@ -208,12 +208,20 @@ impl Health {
         })
     }
 
-    /// Replaces the snapshot part of the view with a parsed snapshot taken at `now`.
+    /// Replaces the snapshot part of the view with a parsed snapshot taken at `now`. With
+    /// `bus_wins` (enforce mode) snapshots serve only until the bus has delivered a
+    /// decision: from then on a snapshot (unsigned, over HTTP) changes nothing, and what
+    /// earlier ones said stays until decisions replace it.
     pub fn take(&mut self, snapshot: Snapshot, now: DateTime<Utc>) -> SnapshotStats {
         let mut stats = SnapshotStats {
             groups: snapshot.groups,
             ..SnapshotStats::default()
         };
+        self.last_snapshot = Some(now);
+        if self.bus_wins && self.entries.values().any(|e| e.source == Source::Bus) {
+            stats.kept_out = snapshot.results.len();
+            return stats;
+        }
         self.entries.retain(|_, e| e.source == Source::Bus);
         for (k, e) in snapshot.results {
             match self.entries.get(&k) {
@@ -224,7 +232,6 @@ impl Health {
                 }
             }
         }
-        self.last_snapshot = Some(now);
         self.reindex();
         stats
     }
@@ -390,5 +397,25 @@ mod tests {
             h.apply_snapshot(&bad, t(4)).is_err(),
             "a bad Checktime fails the body"
         );
+    }
+
+    #[test]
+    fn in_enforce_mode_snapshots_serve_only_until_the_bus_has_delivered() {
+        let mut h = Health::new(true);
+        let s = h
+            .apply_snapshot(&snapshot(false, "2026-01-01T00:00:00Z"), t(1))
+            .expect("ok");
+        assert_eq!(s.taken, 1, "before any decision a snapshot bootstraps");
+        assert!(h.offline("Alpha", false, "rpc.example.test"));
+        h.apply_decision(key(Kind::Site, "Beta", ""), true, t(2));
+        // From now on snapshots change nothing: not even checks no decision touched.
+        let s = h
+            .apply_snapshot(&snapshot(true, "2030-01-01T00:00:00Z"), t(3))
+            .expect("ok");
+        assert_eq!((s.taken, s.kept_out), (0, 1));
+        assert!(h.offline("Alpha", false, "rpc.example.test"));
+        // A decision still does.
+        h.apply_decision(key(Kind::Endpoint, "Alpha", "rpc.example.test"), true, t(4));
+        assert!(!h.offline("Alpha", false, "rpc.example.test"));
     }
 }
