@@ -386,6 +386,21 @@ impl Store {
         }
         if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             let url = url.replacen("mariadb://", "mysql://", 1);
+            // Without a database every statement fails ("no database selected"), which the
+            // migration lock would report as another node migrating: say what is wrong.
+            let database = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(_, path)| path.split(['?', '#']).next().unwrap_or("").trim())
+                .unwrap_or("");
+            if database.is_empty() {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidUrl,
+                    Some(Backend::Mysql),
+                    &shown,
+                    "the URL names no database: mysql://user:password@host:port/DATABASE",
+                ));
+            }
             let opts = MySqlConnectOptions::from_str(&url)
                 .map_err(|e| {
                     StoreError::new(StoreErrorKind::InvalidUrl, Some(Backend::Mysql), &shown, e)

@@ -429,3 +429,23 @@ async fn bad_urls_name_the_problem() {
         "passwords never appear: {e}"
     );
 }
+
+#[tokio::test]
+async fn a_mysql_url_without_a_database_says_so() {
+    for url in [
+        "mysql://root@127.0.0.1:3306/",
+        "mysql://root@127.0.0.1:3306",
+        "mariadb://root:pw@127.0.0.1:3306/?ssl-mode=disabled",
+    ] {
+        let Err(e) = Store::open(url).await else {
+            panic!("{url} accepted");
+        };
+        assert_eq!(
+            e.kind(),
+            ibp_storage::StoreErrorKind::InvalidUrl,
+            "{url}: {e}"
+        );
+        assert!(e.to_string().contains("names no database"), "{url}: {e}");
+        assert!(!e.to_string().contains(":pw@"), "{e}");
+    }
+}
