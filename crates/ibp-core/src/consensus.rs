@@ -153,6 +153,9 @@ impl ProposeOutcome {
 pub enum ObserveOutcome {
     /// The observation equals the official result: recorded, nothing proposed.
     Unchanged,
+    /// The observation agreed with an undecided proposal of another monitor (or an own
+    /// one); this node voted for it, and with that vote it is now the official result.
+    Decided(String),
     /// The observation differs from the official result (or there is none): proposed.
     Proposed(ProposeOutcome),
     /// The member or check is not in this node's lists: nothing recorded.
@@ -296,13 +299,23 @@ impl Consensus {
             c.unknown_checks += 1;
             return ObserveOutcome::Unknown;
         }
+        let agreeing: Vec<String> = self
+            .by_key
+            .get(&(obs.key.clone(), obs.status))
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        let is_official = |s: &Self| {
+            s.official
+                .get(&obs.key)
+                .is_some_and(|o| o.status == obs.status)
+        };
+        let was_official = is_official(self);
         let revoted = self.record_local(obs.clone(), now, m, c, out);
-        if self
-            .official
-            .get(&obs.key)
-            .is_some_and(|o| o.status == obs.status)
-        {
-            return ObserveOutcome::Unchanged;
+        if is_official(self) {
+            return match revoted.iter().find(|id| agreeing.contains(id)) {
+                Some(id) if !was_official => ObserveOutcome::Decided(id.clone()),
+                _ => ObserveOutcome::Unchanged,
+            };
         }
         ObserveOutcome::Proposed(self.propose_inner(obs, now, m, c, out, &revoted))
     }

@@ -534,3 +534,29 @@ fn a_join_from_a_new_node_is_answered_at_once_with_a_forced_join() {
     );
     assert_eq!(published(&fx).len(), 1, "the join filled in a missing port");
 }
+
+#[test]
+fn an_observation_whose_vote_decides_an_existing_proposal_says_so() {
+    let mut e = monitor("m1");
+    with_monitors(&mut e, &["m2", "m3"], t0());
+    set_local(&mut e, "alpha", true, t0());
+    e.handle(
+        Input::Proposal(proposal("A", "m2", "alpha", false, t0())),
+        at(1),
+    );
+    e.handle(vote("A", "m2", true), at(2));
+    assert_eq!(official(&e, "alpha"), None, "m1 voted against: undecided");
+    let (r, _) = e
+        .observe(ibp_core::Observation::new(key("alpha"), false), at(3))
+        .expect("monitor");
+    assert_eq!(r, ibp_core::ObserveOutcome::Decided("A".into()));
+    assert_eq!(official(&e, "alpha"), Some(false));
+    let (r, _) = e
+        .observe(ibp_core::Observation::new(key("alpha"), false), at(4))
+        .expect("monitor");
+    assert_eq!(
+        r,
+        ibp_core::ObserveOutcome::Unchanged,
+        "now merely official"
+    );
+}

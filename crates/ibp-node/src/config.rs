@@ -14,8 +14,11 @@ use serde_json::Value;
 
 use crate::connection::ConnectOptions;
 
+mod effective;
 mod geodns;
+mod go_json;
 mod security;
+pub use effective::{Effective, Setting};
 pub use geodns::{GeoDnsConfig, GeoDnsFile};
 pub use security::{DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, SecurityConfig, SecuritySection};
 
@@ -335,6 +338,8 @@ pub struct FileConfig {
     pub check_workers: Option<i64>,
     /// `IbpNode`.
     pub ibp: IbpSection,
+    /// `IbpNode` as written, to tell a value given in the file from a default.
+    pub ibp_raw: Value,
 }
 
 impl std::fmt::Debug for FileConfig {
@@ -368,8 +373,8 @@ impl FileConfig {
 
     /// Parses config text. Unknown sections are ignored, as the Go nodes do.
     pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
-        let root: Value = serde_json::from_str(text)
-            .map_err(|e| cerr("(file)", format!("not valid JSON: {e}")))?;
+        let root =
+            go_json::parse(text).map_err(|e| cerr("(file)", format!("not valid JSON: {e}")))?;
         if !root.is_object() {
             return Err(cerr("(file)", "expected a JSON object at the top level"));
         }
@@ -509,6 +514,7 @@ impl FileConfig {
         if let Some(ibp) = get(&root, "IbpNode") {
             c.ibp =
                 serde_json::from_value(ibp.clone()).map_err(|e| cerr("IbpNode", e.to_string()))?;
+            c.ibp_raw = ibp.clone();
         }
         Ok(c)
     }
@@ -612,6 +618,9 @@ pub struct NodeConfig {
     pub node_id_source: String,
     /// Where a derived node ID is kept (none when the ID is configured).
     pub node_id_file: Option<PathBuf>,
+    /// Where the settings a flag can give came from (`role`, `node_id`, `nats.servers`,
+    /// `http`, `db`, `work_dir`, `dns.listen`): `--flag`, a file field, or `default`.
+    pub sources: BTreeMap<&'static str, String>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -644,11 +653,14 @@ impl NodeConfig {
             (None, Some(r)) => (parse_role(r, "IbpNode.role")?, "IbpNode.role".to_string()),
             (None, None) => infer_role(&file.role_hints)?,
         };
-        let work_dir = o
-            .work_dir
-            .clone()
-            .or_else(|| file.work_dir.clone())
-            .unwrap_or_else(|| PathBuf::from("ibp-data"));
+        let mut sources: BTreeMap<&'static str, String> = BTreeMap::new();
+        sources.insert("role", role_source.clone());
+        let (work_dir_source, work_dir) = match (&o.work_dir, &file.work_dir) {
+            (Some(w), _) => ("--work-dir", w.clone()),
+            (None, Some(w)) => ("System.WorkDir", w.clone()),
+            (None, None) => ("default", PathBuf::from("ibp-data")),
+        };
+        sources.insert("work_dir", work_dir_source.into());
         let mut node_id_file = None;
         let (id_field, id) = if let Some(id) = &o.node_id {
             ("--node-id".to_string(), id.clone())
@@ -662,6 +674,13 @@ impl NodeConfig {
             (path.display().to_string(), id)
         };
         let node_id = NodeId::new(id).map_err(|e| cerr(&id_field, e.to_string()))?;
+        sources.insert(
+            "node_id",
+            match &node_id_file {
+                Some(p) => format!("derived, kept in {}", p.display()),
+                None => id_field.clone(),
+            },
+        );
         if role == Role::Dns && node_id.as_str().chars().count() > MAX_STORED_ID {
             return Err(cerr(
                 &id_field,
@@ -726,6 +745,14 @@ impl NodeConfig {
         } else {
             "Nats.Url"
         };
+        sources.insert(
+            "nats.servers",
+            if o.nats_url.is_none() && file.nats_url.is_none() {
+                "default".into()
+            } else {
+                url_field.into()
+            },
+        );
         for url in nats
             .servers
             .split(',')
@@ -749,8 +776,10 @@ impl NodeConfig {
         } else if let Some((section, h)) = file.role_api.get(&role) {
             (format!("{section}.ListenAddress/ListenPort"), h.clone())
         } else {
+            sources.insert("http", "default".into());
             ("--http".to_string(), format!("127.0.0.1:{default_port}"))
         };
+        sources.entry("http").or_insert_with(|| http_field.clone());
         let http = http_text.parse::<std::net::SocketAddr>().map_err(|_| {
             cerr(
                 http_field,
@@ -764,6 +793,7 @@ impl NodeConfig {
         } else if let Some(d) = &file.mysql_url {
             ("Mysql", d.clone())
         } else {
+            sources.insert("db", "default".into());
             (
                 "--db",
                 format!(
@@ -774,6 +804,7 @@ impl NodeConfig {
                 ),
             )
         };
+        sources.entry("db").or_insert_with(|| db_field.into());
         if !(db.starts_with("sqlite:")
             || db.starts_with("mysql://")
             || db.starts_with("mariadb://"))
@@ -848,6 +879,14 @@ impl NodeConfig {
             (None, Some(l)) => (Some(l.as_str()), "IbpNode.dns.listen"),
             (None, None) => (None, ""),
         };
+        sources.insert(
+            "dns.listen",
+            if listen_field.is_empty() {
+                "default".into()
+            } else {
+                listen_field.into()
+            },
+        );
         let geodns = geodns::resolve(
             &file.geodns,
             file.config_urls.get("StaticDNSConfig"),
@@ -934,6 +973,7 @@ impl NodeConfig {
             lists_timeout,
             node_id_source: id_field,
             node_id_file,
+            sources,
             run_checks,
             checker,
             security,

@@ -126,9 +126,30 @@ struct CheckArgs {
     /// Config file.
     #[arg(long, short)]
     config: PathBuf,
-    /// Role to resolve for.
+    /// Role to resolve for (as `run --role`).
     #[arg(long)]
     role: Option<String>,
+    /// As `run --node-id`.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// As `run --nats-url`.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// As `run --http`.
+    #[arg(long)]
+    http: Option<String>,
+    /// As `run --db`.
+    #[arg(long)]
+    db: Option<String>,
+    /// As `run --work-dir`.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// As `run --dns-listen`.
+    #[arg(long)]
+    dns_listen: Option<String>,
+    /// Print JSON: `{"settings": {key: {value, source}}, "warnings": [...]}`.
+    #[arg(long)]
+    json: bool,
     /// Do not contact the database (by default a MySQL database is asked which schema
     /// changes the first start would make and whether the user may make them).
     #[arg(long)]
@@ -403,51 +424,43 @@ async fn check_config(a: CheckArgs) -> Result<()> {
         &file,
         &Overrides {
             role: a.role,
-            ..Overrides::default()
+            node_id: a.node_id,
+            nats_url: a.nats_url,
+            http: a.http,
+            db: a.db,
+            work_dir: a.work_dir,
+            dns_listen: a.dns_listen,
         },
     )?;
-    println!("{cfg:#?}");
-    println!("role: {} (from {})", cfg.role, cfg.role_source);
-    println!("node id: {} (from {})", cfg.node_id, cfg.node_id_source);
-    let sec = &cfg.security;
-    println!(
-        "security: mode {}, key {}, {} trusted keys{}; HTTP writes: {}",
-        sec.mode.as_str(),
-        match (&sec.identity, &sec.identity_source) {
-            (Some(id), Some(src)) => format!("{} (from {src})", id.public_key()),
-            _ => "none (nothing is signed)".into(),
-        },
-        sec.trust.len(),
-        sec.sources
-            .file
-            .as_ref()
-            .map(|f| format!(" (with {})", f.display()))
-            .unwrap_or_default(),
-        ibp_node::http::WriteLock::for_listener(cfg.http, sec.http_write_token.clone())
-            .warning()
-            .map(|_| "refused (non-loopback listener without a token)".to_string())
-            .unwrap_or_else(|| if sec.http_write_token.is_some() {
-                "need the bearer token".into()
-            } else {
-                "open (loopback listener)".into()
-            })
-    );
-    for w in &sec.warnings {
-        println!("security warning: {w}");
+    let effective = ibp_node::config::Effective::of(&file, &cfg);
+    if a.json {
+        let mut doc = serde_json::json!({
+            "config": a.config.display().to_string(),
+            "settings": effective.to_json(),
+            "warnings": cfg.security.warnings,
+        });
+        if !a.offline {
+            let problems = ibp_node::inspect::database(&cfg).await;
+            doc["database"] = serde_json::json!({"lines": problems.lines, "fatal": problems.fatal});
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            if let Some(fatal) = problems.fatal {
+                bail!("{fatal}");
+            }
+            return Ok(());
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
     }
     println!(
-        "checks: {}",
-        cfg.checks
-            .iter()
-            .map(|c| format!(
-                "{} ({}, {})",
-                c.name,
-                c.check_type,
-                if c.enabled { "enabled" } else { "disabled" }
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "{}: the {} node {} will run with (value, then where it came from):",
+        a.config.display(),
+        cfg.role.short_name(),
+        cfg.node_id
     );
+    print!("{}", effective.render());
+    for w in &cfg.security.warnings {
+        println!("security warning: {w}");
+    }
     if a.offline {
         return Ok(());
     }

@@ -492,3 +492,22 @@ fn go_listen_addresses_are_accepted_as_go_accepts_them() {
     assert!(e.contains("MonitorApi.ListenAddress/ListenPort"), "{e}");
     assert!(!e.contains("(role)"), "{e}");
 }
+
+/// Issue #16 item 3: Go's decoder applies keys in order, case-insensitively: the last wins.
+#[test]
+fn case_duplicate_keys_resolve_as_go_decodes_them() {
+    let file = FileConfig::parse(
+        r#"{"Nats":{"NodeID":"x","nodeid":"y","Url":"nats://127.0.0.1:4222"},
+            "monitorapi":{"ListenAddress":"127.0.0.1","ListenPort":"7001"},
+            "MonitorApi":{"listenport":"7002"}}"#,
+    )
+    .expect("parses");
+    assert_eq!(file.nats_node_id.as_deref(), Some("y"));
+    let cfg = NodeConfig::resolve(&file, &Overrides::default()).expect("resolves");
+    assert_eq!(cfg.node_id.as_str(), "y");
+    assert_eq!(
+        cfg.http.to_string(),
+        "127.0.0.1:7002",
+        "the second MonitorApi merges into the first, as Go decodes into one struct"
+    );
+}

@@ -49,7 +49,7 @@ async fn five_monitor_processes_reach_consensus_through_the_http_api() {
         .await;
         assert_eq!(status, 202, "{body}");
         assert!(
-            ["proposed", "unchanged"]
+            ["proposed", "voted", "decided", "official"]
                 .contains(&body["results"][0]["result"].as_str().unwrap_or("")),
             "{body}"
         );
@@ -556,4 +556,117 @@ async fn dns_hits_over_http_are_flushed_on_shutdown_and_collected() {
     .await;
     assert_eq!(status, 400, "{e}");
     drop(d);
+}
+
+/// Issue #16 item 16: each observation's result says what really happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observation_results_say_what_happened_and_a_batch_counts_its_last_value_per_check() {
+    let server = NatsServer::start().expect("server");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut ps = Vec::new();
+    for i in 1..=3 {
+        ps.push(
+            node(
+                "monitor",
+                &format!("monitor-{i}"),
+                &server.url(),
+                dir.path(),
+            )
+            .await,
+        );
+    }
+    for p in &ps {
+        until("3 active monitors", async || {
+            get(&p.http, "/v1/cluster").await.1["activeMonitors"] == 3
+        })
+        .await;
+    }
+    let post_one = async |http: &str, body: &Value| {
+        let (status, body) = post(http, "/v1/observations", &body.to_string()).await;
+        assert_eq!(status, 202, "{body}");
+        body["results"].clone()
+    };
+    // The same pending observation posted five times: one proposal, then votes on it.
+    let down = observation("Stake Plus", false);
+    let first = post_one(&ps[0].http, &down).await;
+    assert_eq!(first[0]["result"], "proposed", "{first}");
+    let id = first[0]["proposalId"]
+        .as_str()
+        .expect("proposalId")
+        .to_string();
+    for _ in 0..4 {
+        let again = post_one(&ps[0].http, &down).await;
+        assert_eq!(again[0]["result"], "voted", "{again}");
+        assert_eq!(again[0]["proposalId"], id.as_str(), "{again}");
+    }
+    let tracked_for = async |http: &str, member: &str| -> Vec<Value> {
+        get(http, "/v1/proposals").await.1["proposals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["proposal"]["MemberName"] == member)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let one = tracked_for(&ps[0].http, "Stake Plus").await;
+    assert_eq!(one.len(), 1, "one proposal exists: {one:?}");
+    // The second monitor, once it holds the proposal and the first one's vote, decides it.
+    until(
+        "monitor-2 holds the proposal and monitor-1's vote",
+        async || {
+            tracked_for(&ps[1].http, "Stake Plus")
+                .await
+                .first()
+                .is_some_and(|p| p["votes"]["monitor-1"] == true)
+        },
+    )
+    .await;
+    let decided = post_one(&ps[1].http, &down).await;
+    assert_eq!(decided[0]["result"], "decided", "{decided}");
+    assert_eq!(decided[0]["proposalId"], id.as_str(), "{decided}");
+    let (_, official) = get(&ps[1].http, "/v1/official").await;
+    assert!(
+        official["results"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|x| x["memberName"] == "Stake Plus" && x["status"] == false)),
+        "{official}"
+    );
+    // ... and once it is official everywhere, the third monitor's equal observation is just that.
+    until("official on monitor-3", async || {
+        get(&ps[2].http, "/v1/official").await.1["results"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["memberName"] == "Stake Plus"))
+    })
+    .await;
+    let same = post_one(&ps[2].http, &down).await;
+    assert_eq!(same[0]["result"], "official", "{same}");
+    assert!(same[0].get("proposalId").is_none(), "{same}");
+
+    // A batch [down, up, down] of one check is one observation: down.
+    let batch = json!([
+        observation("Amforc", false),
+        observation("Amforc", true),
+        observation("Amforc", false)
+    ]);
+    let r = post_one(&ps[2].http, &batch).await;
+    assert_eq!(r[0]["result"], "superseded", "{r}");
+    assert_eq!(r[1]["result"], "superseded", "{r}");
+    assert_eq!(r[2]["result"], "proposed", "{r}");
+    let amforc = tracked_for(&ps[2].http, "Amforc").await;
+    assert_eq!(amforc.len(), 1, "{amforc:?}");
+    assert_eq!(amforc[0]["proposal"]["ProposedStatus"], false);
+    assert_eq!(
+        amforc[0]["votes"]["monitor-3"], true,
+        "its proposer votes for it"
+    );
+    let (_, local) = get(&ps[2].http, "/v1/local").await;
+    assert!(
+        local["results"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|x| x["memberName"] == "Amforc" && x["status"] == false)),
+        "the local result is the batch's last value: {local}"
+    );
+    drop(ps);
 }

@@ -403,3 +403,83 @@ async fn every_body_and_query_is_validated_by_one_policy() {
     assert_eq!(s, 200, "{b}");
     app.shutdown().await;
 }
+
+/// Issue #16 item 11: `check-config` prints the effective configuration with each value's
+/// source, as text and as JSON, secrets redacted.
+#[test]
+fn check_config_prints_every_effective_setting_with_its_source() {
+    let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/go-configs/collator.json");
+    let run = |extra: &[&str]| {
+        let out = Command::new(common::BIN)
+            .args(["check-config", "--offline", "--config"])
+            .arg(&fixture)
+            .args(extra)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run(&["--json", "--nats-url", "nats://bob:s3cret@127.0.0.1:4222"]);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let s = &doc["settings"];
+    let is = |key: &str, value: serde_json::Value, source: &str| {
+        assert_eq!(s[key]["value"], value, "{key}: {}", s[key]);
+        assert_eq!(s[key]["source"], source, "{key}: {}", s[key]);
+    };
+    is(
+        "role",
+        "collator".into(),
+        "the Go config's CollatorApi, Matrix",
+    );
+    is("node_id", "natsuser".into(), "Nats.NodeID");
+    is(
+        "http",
+        "0.0.0.0:9000".into(),
+        "CollatorApi.ListenAddress/ListenPort",
+    );
+    is(
+        "nats.servers",
+        "nats://***@127.0.0.1:4222".into(),
+        "--nats-url",
+    );
+    is("nats.user", "natsuser".into(), "Nats.User");
+    is("nats.password", "<set>".into(), "Nats.Pass");
+    is(
+        "db",
+        "mysql://collator:***@127.0.0.1:3306/collator".into(),
+        "Mysql",
+    );
+    is("config_reload", "60m".into(), "System.ConfigReloadTime");
+    is("consensus.proposal_timeout", "30s".into(), "default");
+    is("collator.jetstream", false.into(), "default");
+    is("security.mode", "off".into(), "default");
+    is(
+        "config_urls.MembersConfig",
+        "https://raw.githubusercontent.com/ibp-network/config/refs/heads/main/members_professional.json".into(),
+        "System.ConfigUrls.MembersConfig",
+    );
+    for secret in ["s3cret", "natspasswd", "dbpasswd", "matrixpasswd"] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    let human = run(&[]);
+    assert!(
+        !human.contains("NodeConfig {") && !human.lines().any(|l| l.trim_end().ends_with("..")),
+        "{human}"
+    );
+    for line in [
+        "consensus.proposal_timeout",
+        "collator.usage_timeout",
+        "(CollatorApi.ListenAddress/ListenPort)",
+        "(default)",
+    ] {
+        assert!(human.contains(line), "{line} missing:\n{human}");
+    }
+    for secret in ["natspasswd", "dbpasswd"] {
+        assert!(!human.contains(secret), "{secret} printed: {human}");
+    }
+}

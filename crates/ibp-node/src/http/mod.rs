@@ -431,7 +431,10 @@ async fn observations(State(s): State<AppState>, body: Bytes) -> Response {
             let rs: Vec<Value> = results
                 .iter()
                 .enumerate()
-                .map(|(i, r)| json!({"index": i, "result": r}))
+                .map(|(i, r)| match r.proposal_id() {
+                    Some(id) => json!({"index": i, "result": r.as_str(), "proposalId": id}),
+                    None => json!({"index": i, "result": r.as_str()}),
+                })
                 .collect();
             (StatusCode::ACCEPTED, axum::Json(json!({ "results": rs }))).into_response()
         }

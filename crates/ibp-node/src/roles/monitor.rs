@@ -13,25 +13,84 @@ use ibp_storage::{
     EventKey, EventWrite, OfficialWrite, Part, ResultKind, Store, StoreError, StoredResult,
 };
 use ibp_wire::{CheckType, Data, DowntimeRequest, Proposal};
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::writes::{StorageHealth, WriteOutcome};
 use crate::cluster::{Node, RoleServices};
 use crate::collectors::DowntimeSource;
 
-/// What happened to one observation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What happened to one observation of a posted batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObservationResult {
-    /// Recorded; it differs from the official result, so it was proposed (or voted on again).
-    Proposed,
-    /// Recorded; it equals the official result.
-    Unchanged,
+    /// Recorded; it differs from the official result and no proposal for it was pending,
+    /// so this node proposed it (the new proposal's ID).
+    Proposed(String),
+    /// Recorded; a proposal for this status was already pending (another monitor's, or
+    /// this node's own from an earlier post): this node voted for it (again).
+    Voted(String),
+    /// Recorded; this node's vote for another monitor's pending proposal made it the
+    /// official result.
+    Decided(String),
+    /// Recorded; it already is the official result: nothing proposed.
+    Official,
+    /// Not applied: a later item of the same batch is about the same check, and a batch
+    /// counts as its last value per check.
+    Superseded,
     /// Recorded only: the proposal cap is reached (counted in the metrics).
     Recorded,
     /// Not recorded: the member or check is not in this node's lists.
     Unknown,
+}
+
+impl ObservationResult {
+    /// The API spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ObservationResult::Proposed(_) => "proposed",
+            ObservationResult::Voted(_) => "voted",
+            ObservationResult::Decided(_) => "decided",
+            ObservationResult::Official => "official",
+            ObservationResult::Superseded => "superseded",
+            ObservationResult::Recorded => "recorded",
+            ObservationResult::Unknown => "unknown",
+        }
+    }
+
+    /// The proposal concerned, if any.
+    pub fn proposal_id(&self) -> Option<&str> {
+        match self {
+            ObservationResult::Proposed(id)
+            | ObservationResult::Voted(id)
+            | ObservationResult::Decided(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn of(outcome: ObserveOutcome) -> ObservationResult {
+        match outcome {
+            ObserveOutcome::Unchanged => ObservationResult::Official,
+            ObserveOutcome::Decided(id) => ObservationResult::Decided(id),
+            ObserveOutcome::Proposed(ProposeOutcome::Created(id)) => {
+                ObservationResult::Proposed(id)
+            }
+            ObserveOutcome::Proposed(
+                ProposeOutcome::Revoted(id) | ProposeOutcome::Republished(id),
+            ) => ObservationResult::Voted(id),
+            ObserveOutcome::Proposed(ProposeOutcome::Refused) => ObservationResult::Recorded,
+            ObserveOutcome::Unknown => ObservationResult::Unknown,
+        }
+    }
+}
+
+/// Which items of a batch count: the last one per check (a batch `[down, up, down]` of
+/// one check is one observation, `down`, not three that propose against each other).
+pub fn last_per_check(batch: &[Observation]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = vec![false; batch.len()];
+    for (i, o) in batch.iter().enumerate().rev() {
+        keep[i] = seen.insert(&o.key);
+    }
+    keep
 }
 
 /// Official changes a monitor may hold before its writer catches up; past it, the core's
@@ -189,20 +248,25 @@ impl MonitorService {
         batch: Vec<Observation>,
     ) -> Result<Vec<ObservationResult>, String> {
         let now = Utc::now();
-        let rows: Vec<StoredResult> = batch.iter().map(|o| local_row(o, now)).collect();
+        let keep = last_per_check(&batch);
+        let rows: Vec<StoredResult> = batch
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(o, _)| local_row(o, now))
+            .collect();
         self.store
             .save_results(&rows)
             .await
             .map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(batch.len());
-        for o in batch {
+        for (o, keep) in batch.into_iter().zip(keep) {
+            if !keep {
+                out.push(ObservationResult::Superseded);
+                continue;
+            }
             let r = node.observe(o).await.map_err(|e| e.to_string())?;
-            out.push(match r {
-                ObserveOutcome::Unchanged => ObservationResult::Unchanged,
-                ObserveOutcome::Proposed(ProposeOutcome::Refused) => ObservationResult::Recorded,
-                ObserveOutcome::Proposed(_) => ObservationResult::Proposed,
-                ObserveOutcome::Unknown => ObservationResult::Unknown,
-            });
+            out.push(ObservationResult::of(r));
         }
         Ok(out)
     }
