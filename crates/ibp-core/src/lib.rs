@@ -17,6 +17,7 @@ mod engine;
 pub mod input;
 pub mod membership;
 pub mod sim;
+pub mod sla;
 pub mod time;
 
 pub use check::{CheckKey, Observation};

@@ -29,6 +29,15 @@ impl Kind {
             _ => None,
         }
     }
+
+    /// The wire's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Site => "site",
+            Kind::Domain => "domain",
+            Kind::Endpoint => "endpoint",
+        }
+    }
 }
 
 /// What one result is about.
@@ -98,6 +107,14 @@ pub struct Snapshot {
 }
 
 impl Health {
+    /// Every result held: the check, its status, when it was decided or observed, and
+    /// whether it came from a decision on the bus (else from a monitor's snapshot).
+    pub fn entries(&self) -> impl Iterator<Item = (&Key, bool, DateTime<Utc>, bool)> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k, e.status, e.at, e.source == Source::Bus))
+    }
+
     /// An empty view (everyone online). With `bus_wins` (enforce mode), a snapshot never
     /// replaces what a decision said.
     pub fn new(bus_wins: bool) -> Health {

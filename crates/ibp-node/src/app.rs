@@ -343,7 +343,16 @@ impl App {
                 stop.subscribe(),
             )));
         }
+        let (http_stop, rx) = watch::channel(false);
+        let (web, web_task) = crate::web::Web::start(
+            node.decisions(),
+            ibp_config.clone(),
+            rx.clone(),
+            stop.subscribe(),
+        );
+        tasks.push(web_task);
         let state = AppState {
+            web,
             node: node.clone(),
             monitor: monitor.clone(),
             dns: dns.clone(),
@@ -360,7 +369,6 @@ impl App {
         if let Some(w) = state.writes.warning() {
             tracing::warn!(node = %cfg.node_id, "{w}");
         }
-        let (http_stop, rx) = watch::channel(false);
         let http_task = tokio::spawn(async move {
             if let Err(e) = serve(listener, state, rx).await {
                 tracing::error!(error = %e, "HTTP API stopped");

@@ -29,3 +29,4 @@ pub mod nats_permissions;
 pub mod normalize;
 pub mod roles;
 pub mod security;
+pub mod web;

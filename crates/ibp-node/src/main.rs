@@ -48,11 +48,73 @@ enum Command {
     Check(CheckCmdArgs),
     /// Run a demo cluster (3 monitors, 2 DNS nodes, 1 collator) on a private nats-server.
     Demo(ibp_node::demo::DemoArgs),
+    /// The monthly SLA report (downtime and availability per member and service) from a
+    /// collator's database, as a table, JSON or CSV.
+    Sla(SlaArgs),
     /// Create a node key (an NKey user seed, mode 0600) and print its public key last.
     Keygen(KeygenArgs),
     /// Print a nats-server `authorization` block with one user per role and exactly the
     /// subjects each role needs (see docs/security.md).
     NatsPermissions,
+}
+
+#[derive(Args)]
+struct SlaArgs {
+    /// Database: sqlite://PATH or mysql://user:pass@host:port/db (default: from --config).
+    #[arg(long)]
+    db: Option<String>,
+    /// The month, YYYY-MM.
+    #[arg(long)]
+    month: String,
+    /// A node config: its System.ConfigUrls give the lists, its Mysql section the database.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Member list (URL or path), instead of the config's MembersConfig.
+    #[arg(long)]
+    members: Option<String>,
+    /// Service list (URL or path), instead of the config's ServicesConfig.
+    #[arg(long)]
+    services: Option<String>,
+    /// Print JSON (the shape of GET /v1/sla).
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV: one line per member, service and family.
+    #[arg(long)]
+    csv: bool,
+}
+
+async fn sla(a: SlaArgs) -> Result<()> {
+    let file = match &a.config {
+        Some(p) => Some(FileConfig::load(p)?),
+        None => None,
+    };
+    let from_file = |k: &str| file.as_ref().and_then(|f| f.config_urls.get(k).cloned());
+    let lists = ibp_node::commands::sla::ListSources {
+        members: a
+            .members
+            .or_else(|| from_file("MembersConfig"))
+            .context("--members (or --config with System.ConfigUrls.MembersConfig) is required")?,
+        services: a.services.or_else(|| from_file("ServicesConfig")).context(
+            "--services (or --config with System.ConfigUrls.ServicesConfig) is required",
+        )?,
+    };
+    let db =
+        a.db.or_else(|| {
+            file.as_ref()
+                .and_then(|f| f.ibp.db.clone().or_else(|| f.mysql_url.clone()))
+        })
+        .context("--db (or --config with a Mysql section) is required")?;
+    let report = ibp_node::commands::sla::report(&db, &a.month, &lists, chrono::Utc::now())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if a.csv {
+        print!("{}", ibp_core::sla::to_csv(&report));
+    } else {
+        print!("{}", ibp_node::commands::sla::table(&report));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -568,6 +630,7 @@ fn main() -> ExitCode {
             Command::Demo(a) => ok(ibp_node::demo::run(a).await.map_err(|e| anyhow!(e))),
             Command::Check(a) => check(a).await,
             Command::Keygen(a) => ok(keygen(a)),
+            Command::Sla(a) => ok(sla(a).await),
             Command::NatsPermissions => {
                 use ibp_node::nats_permissions::{User, authorization};
                 let users: Vec<User> = ibp_wire::Role::ALL

@@ -613,6 +613,22 @@ impl Store {
         self.read_events(&sql, &args).await
     }
 
+    /// Every outage row overlapping `[from, to)` whatever its `status`, for the SLA report:
+    /// closure is decided by `end_time` alone, so rows the Go collator closed with
+    /// `status = 1` count as closed outages.
+    pub async fn events_for_period(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM member_events WHERE start_time IS NOT NULL AND start_time < ? AND (end_time IS NULL OR end_time > ?) ORDER BY start_time, id",
+            self.event_select()
+        );
+        let args = vec![Arg::Text(fmt_datetime(to)), Arg::Text(fmt_datetime(from))];
+        self.read_events(&sql, &args).await
+    }
+
     /// Outages still open.
     pub async fn open_events(&self) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = format!(

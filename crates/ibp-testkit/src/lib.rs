@@ -7,6 +7,7 @@
 //! * [`TestDatabase`] creates a fresh MariaDB/MySQL database and drops it afterwards.
 //! * [`test_seed`] and [`Rng`] make randomised tests replayable.
 //! * [`geo`] writes made-up MaxMind databases and runs a real PowerDNS and `dig`.
+//! * [`browser`] drives a real headless Chromium over the DevTools protocol.
 //!
 //! Every server gets its own process and directory, so tests that kill or reconfigure a
 //! server never share it. Everything is cleaned up on drop.
@@ -15,6 +16,7 @@ mod mysql;
 mod nats;
 mod seed;
 
+pub mod browser;
 pub mod endpoints;
 pub mod geo;
 pub use mysql::{Session, TestDatabase};

@@ -633,15 +633,21 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
 
     if args.keep {
         println!();
-        println!("--keep: the nodes keep running. Try:");
+        println!("--keep: the nodes keep running. Status pages (open in a browser):");
         for a in &apps {
             println!(
-                "  curl -s http://{}/v1/cluster   ({} {})",
+                "  http://{}/   ({} {})",
                 a.http_addr,
                 a.node.id(),
                 a.node.role().map(|r| r.short_name()).unwrap_or("")
             );
         }
+        println!(
+            "  http://{}/sla   (the collator's SLA report)",
+            apps[5].http_addr
+        );
+        println!("Or the JSON API:");
+        println!("  curl -s http://{}/v1/cluster", apps[0].http_addr);
         println!("  curl -s http://{}/v1/checks", apps[0].http_addr);
         println!("  curl -s http://{}/results", apps[0].http_addr);
         println!("  curl -s http://{}/v1/events", apps[5].http_addr);

@@ -50,6 +50,8 @@ pub struct AppState {
     pub max_body: usize,
     /// Most connections at once.
     pub max_connections: usize,
+    /// The status page.
+    pub web: crate::web::Web,
 }
 
 /// Longest a request/response handler may take (event streams excepted): a locked table
@@ -93,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/observations", post(observations))
         .route("/v1/usage/hits", post(hits))
         .route("/v1/usage/collect", post(collect))
+        .merge(crate::web::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
@@ -162,11 +165,11 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     error(status, text)
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn not_for_role(node: &Node, what: &str) -> Response {
+pub(crate) fn not_for_role(node: &Node, what: &str) -> Response {
     let role = node.role().map(|r| r.short_name()).unwrap_or("none");
     error(
         StatusCode::NOT_FOUND,

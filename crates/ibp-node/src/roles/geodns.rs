@@ -662,6 +662,21 @@ impl GeoDnsService {
         Ok(())
     }
 
+    /// The health the node answers from, one JSON row per check (the status page's board).
+    pub fn health_rows(&self) -> Vec<Value> {
+        let Ok(r) = self.inner.resolver.read() else {
+            return Vec::new();
+        };
+        r.health
+            .entries()
+            .map(|(k, status, at, bus)| {
+                json!({"memberName": k.member, "checkType": k.kind.as_str(), "checkName": k.check,
+                       "domainName": k.domain, "endpoint": k.endpoint, "isIPv6": k.v6,
+                       "official": status, "since": at, "source": if bus {"decision"} else {"snapshot"}})
+            })
+            .collect()
+    }
+
     /// What the node answers from, for `GET /v1/geodns`.
     pub fn status(&self) -> Value {
         let (zones, held, permissive, last_snapshot, overrides) = match self.inner.resolver.read() {
