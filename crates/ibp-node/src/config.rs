@@ -224,6 +224,9 @@ pub struct NatsExtra {
     pub max_pings_outstanding: Option<u32>,
     /// Subscription buffer (1,048,576).
     pub subscription_capacity: Option<usize>,
+    /// Try `Nats.Url`'s servers in the order given, the first being this node's home, instead
+    /// of shuffling them (false).
+    pub retain_servers_order: Option<bool>,
 }
 
 /// Collator settings.
@@ -712,6 +715,7 @@ impl NodeConfig {
             nats.tls_cert_file = x.tls_cert_file.clone();
             nats.tls_key_file = x.tls_key_file.clone();
             nats.tls_required = x.tls_required.unwrap_or(false);
+            nats.retain_servers_order = x.retain_servers_order.unwrap_or(false);
             if let Some(d) = &x.reconnect_delay {
                 nats.reconnect_delay = duration("IbpNode.nats.reconnect_delay", d)?;
             }

@@ -67,6 +67,9 @@ pub struct ConnectOptions {
     pub subscription_capacity: usize,
     /// Keep retrying the first connection instead of failing after one round of attempts.
     pub retry_on_initial_connect: bool,
+    /// Try the servers in the order given (the first is this node's home: the server on the
+    /// same host, say) instead of shuffling them, at connect and at every reconnect.
+    pub retain_servers_order: bool,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -115,6 +118,7 @@ impl Default for ConnectOptions {
             no_echo: true,
             subscription_capacity: 1 << 20,
             retry_on_initial_connect: false,
+            retain_servers_order: false,
         }
     }
 }
@@ -452,6 +456,9 @@ impl Connection {
         }
         if opts.retry_on_initial_connect {
             o = o.retry_on_initial_connect();
+        }
+        if opts.retain_servers_order {
+            o = o.retain_servers_order();
         }
         let (tx, rx) = watch::channel(ConnState {
             state: StateKind::Disconnected,

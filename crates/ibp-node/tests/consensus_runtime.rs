@@ -309,8 +309,19 @@ async fn a_rust_monitor_decides_from_the_captured_go_votes() {
     let mut finals = raw.subscribe("consensus.finalize").await.expect("sub");
     raw.flush().await.expect("flush");
     let mut rx = node.decisions();
+    // Joins and votes arrive on separate subscriptions, so their order is not kept: know
+    // the three Go monitors first, or a vote could be counted against a smaller majority.
+    replay_go_run(&raw, |s| s == "consensus.cluster").await;
+    assert!(
+        node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
+            .await,
+        "three Go monitors and itself"
+    );
     // Without the Go finalizes, only counting the Go votes can decide it.
-    replay_go_run(&raw, |s| s != "consensus.finalize").await;
+    replay_go_run(&raw, |s| {
+        s != "consensus.finalize" && s != "consensus.cluster"
+    })
+    .await;
     let d = decision_for(&mut rx, "m1").await;
     assert!(d.passed);
     assert!(d.by_self, "decided by counting the three Go votes");

@@ -19,8 +19,10 @@ mod seed;
 pub mod browser;
 pub mod endpoints;
 pub mod geo;
+pub mod proxy;
 pub use mysql::{Session, TestDatabase};
 pub use nats::{
-    Auth, ClientAuth, HarnessError, NatsCluster, NatsServer, ServerOptions, nats_server_bin,
+    Auth, ClientAuth, HarnessError, NatsCluster, NatsServer, Partition, ServerOptions,
+    nats_server_bin,
 };
 pub use seed::{Rng, test_seed};

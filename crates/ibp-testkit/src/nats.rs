@@ -405,6 +405,26 @@ impl Drop for NatsServer {
     }
 }
 
+/// The proxies on server 0's routes (see [`NatsCluster::start_partitionable`]).
+pub struct Partition {
+    p01: crate::proxy::TcpProxy,
+    p02: crate::proxy::TcpProxy,
+}
+
+impl Partition {
+    /// Cuts server 0 off from servers 1 and 2 (which stay joined).
+    pub fn isolate_server0(&self) {
+        self.p01.cut();
+        self.p02.cut();
+    }
+
+    /// Lets the routes through again; they reconnect on the servers' own schedule.
+    pub fn heal(&self) {
+        self.p01.heal();
+        self.p02.heal();
+    }
+}
+
 /// Three `nats-server` processes joined by routes into one cluster.
 pub struct NatsCluster {
     servers: Vec<NatsServer>,
@@ -436,6 +456,42 @@ impl NatsCluster {
         Ok(c)
     }
 
+    /// Starts a 3-server cluster whose routes from server 0 run through TCP proxies the
+    /// test controls: [`Partition::isolate_server0`] splits the cluster into server 0 and
+    /// servers 1+2 at the TCP level, [`Partition::heal`] joins it again. Servers advertise
+    /// no usable route address, so no implicit route can bypass the proxies.
+    pub async fn start_partitionable(
+        opts: ServerOptions,
+    ) -> Result<(NatsCluster, Partition), HarnessError> {
+        let cp = free_ports(3)?;
+        let to = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let p01 = crate::proxy::TcpProxy::start(to(cp[1])).await?;
+        let p02 = crate::proxy::TcpProxy::start(to(cp[2])).await?;
+        let routes: [Vec<String>; 3] = [
+            vec![
+                format!("nats-route://{}", p01.addr()),
+                format!("nats-route://{}", p02.addr()),
+            ],
+            vec![format!("nats-route://127.0.0.1:{}", cp[2])],
+            vec![],
+        ];
+        let mut servers = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let block = format!(
+                "cluster {{ name: ibp_test, listen: 127.0.0.1:{}, advertise: \"127.0.0.1:1\", routes: [{}] }}\n",
+                cp[i],
+                r.join(", ")
+            );
+            servers.push(NatsServer::prepare(&format!("p{i}"), &opts, &block)?);
+        }
+        for s in &mut servers {
+            s.spawn()?;
+        }
+        let mut c = NatsCluster { servers };
+        c.wait_routes(Duration::from_secs(20))?;
+        Ok((c, Partition { p01, p02 }))
+    }
+
     /// Waits until every running server reports routes to every other running server.
     pub fn wait_routes(&mut self, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
@@ -460,6 +516,11 @@ impl NatsCluster {
             // Route formation has no client-visible event; poll the monitoring endpoint.
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The routes server `i` reports now (`None` when it does not answer).
+    pub fn num_routes(&self, i: usize) -> Option<u64> {
+        self.servers.get(i)?.monitor("/routez").ok()?["num_routes"].as_u64()
     }
 
     /// Comma-separated client URLs of all servers.

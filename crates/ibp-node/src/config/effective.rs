@@ -155,6 +155,11 @@ impl Effective {
             json!(n.tls_required),
         );
         b.ibp(
+            "nats.retain_servers_order",
+            "nats.retain_servers_order",
+            json!(n.retain_servers_order),
+        );
+        b.ibp(
             "nats.reconnect_delay",
             "nats.reconnect_delay",
             secs(n.reconnect_delay),

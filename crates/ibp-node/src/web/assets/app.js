@@ -123,6 +123,9 @@
     const svg = $("usage-chart");
     const days = u.days || [];
     const max = Math.max(1, ...days.map((d) => d.hits));
+    const total = days.reduce((a, d) => a + d.hits, 0);
+    $("usage-empty").hidden = total > 0;
+    svg.classList.toggle("gone", total === 0);
     const w = 600 / Math.max(1, days.length);
     const ns = "http://www.w3.org/2000/svg";
     svg.replaceChildren(...days.map((d, i) => {

@@ -1,0 +1,522 @@
+//! The fault suite: real `ibp-node` processes on a real 3-server NATS cluster (full-mesh
+//! routes on loopback), five monitors spread over the servers (each with its home server
+//! first, `retain_servers_order`), and a collator; servers killed, restarted, split at the
+//! TCP level; monitors stalled. Every scenario checks its outcome through the HTTP API, is
+//! bounded in time, cleans up after itself and prints what it checked.
+//!
+//! Run alone: `cargo test -p ibp-node --test faults -- --nocapture --test-threads 1`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{free_port, get, post, ready, signal, spawn};
+use ibp_testkit::{NatsCluster, Partition, ServerOptions};
+use serde_json::{Value, json};
+
+/// A generous bound for a cluster to settle after a fault (the figures are in the bench).
+const SETTLE: Duration = Duration::from_secs(120);
+
+struct Node {
+    proc: common::Proc,
+    home: usize,
+}
+
+/// The cluster's client URLs with server `home` first.
+fn urls(cluster: &NatsCluster, home: usize) -> String {
+    let all: Vec<String> = cluster.urls().split(',').map(str::to_string).collect();
+    let mut v = vec![all[home].clone()];
+    v.extend(
+        all.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != home)
+            .map(|(_, u)| u.clone()),
+    );
+    v.join(",")
+}
+
+async fn start_node(
+    role: &str,
+    id: &str,
+    cluster: &NatsCluster,
+    home: usize,
+    dir: &std::path::Path,
+    consensus: &Value,
+) -> Node {
+    let http = format!("127.0.0.1:{}", free_port());
+    let db = format!("sqlite://{}", dir.join(format!("{id}.db")).display());
+    let cfg = dir.join(format!("{id}.json"));
+    std::fs::write(
+        &cfg,
+        json!({"IbpNode": {
+            "nats": {"retain_servers_order": true, "reconnect_delay": "100ms", "connect_timeout": "2s"},
+            "monitor": {"reconcile_interval": "1s"},
+            "consensus": consensus,
+            "collator": {"hourly": false, "backfill_days": 0},
+        }})
+        .to_string(),
+    )
+    .expect("config");
+    let work = dir.join(id);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let nats = urls(cluster, home);
+    let mut child = spawn(&[
+        "run",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--role",
+        role,
+        "--node-id",
+        id,
+        "--nats-url",
+        &nats,
+        "--http",
+        &http,
+        "--db",
+        &db,
+        "--work-dir",
+        work.to_str().expect("utf-8"),
+    ]);
+    ready(&http, &mut child).await;
+    Node {
+        proc: common::Proc {
+            child,
+            http,
+            id: id.to_string(),
+        },
+        home,
+    }
+}
+
+/// Waits for `what` up to `within`, polling the HTTP API (no event crosses a process).
+async fn wait(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn check(i: usize, status: bool) -> Value {
+    json!({"checkType":"endpoint","checkName":"wss","memberName": format!("member-{}", i % 7),
+           "domainName": format!("d{i}.test"), "endpoint": format!("wss://d{i}.test/"),
+           "isIPv6": false, "status": status, "errorText": if status {""} else {"timeout"}})
+}
+
+fn batch(range: std::ops::Range<usize>, status: bool) -> String {
+    Value::Array(range.map(|i| check(i, status)).collect()).to_string()
+}
+
+/// `/v1/official` as domain → status.
+async fn official(http: &str) -> std::collections::BTreeMap<String, bool> {
+    get(http, "/v1/official").await.1["results"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| {
+                    Some((
+                        x["domainName"].as_str()?.to_string(),
+                        x["status"].as_bool()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn active_monitors(http: &str) -> u64 {
+    get(http, "/v1/cluster").await.1["activeMonitors"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn post_all(nodes: &[&Node], body: &str) {
+    let posts = nodes.iter().map(|n| {
+        let http = n.proc.http.clone();
+        let body = body.to_string();
+        async move {
+            let (s, r) = post(&http, "/v1/observations", &body).await;
+            assert_eq!(s, 202, "{http}: {r}");
+        }
+    });
+    futures::future::join_all(posts).await;
+}
+
+/// Every monitor has `status` as the official result of every check in `range`.
+async fn all_decided(ms: &[&Node], range: std::ops::Range<usize>, status: bool, within: Duration) {
+    for m in ms {
+        wait(
+            &format!("{}: {} checks official {status}", m.proc.id, range.len()),
+            within,
+            async || {
+                let o = official(&m.proc.http).await;
+                range
+                    .clone()
+                    .all(|i| o.get(&format!("d{i}.test")) == Some(&status))
+            },
+        )
+        .await;
+    }
+}
+
+/// The collator's outage rows: (domain, open).
+async fn outages(http: &str) -> Vec<(String, bool)> {
+    get(http, "/v1/events?limit=5000").await.1["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|x| {
+                    (
+                        x["domainName"].as_str().unwrap_or("").to_string(),
+                        x["endTime"].is_null(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct World {
+    cluster: NatsCluster,
+    partition: Option<Partition>,
+    monitors: Vec<Node>,
+    collator: Option<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start(homes: &[usize], collator: bool, consensus: Value, split: bool) -> World {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cluster, partition) = if split {
+            let (c, p) = NatsCluster::start_partitionable(ServerOptions::default())
+                .await
+                .expect("cluster");
+            (c, Some(p))
+        } else {
+            (
+                NatsCluster::start(ServerOptions::default()).expect("cluster"),
+                None,
+            )
+        };
+        let mut monitors = Vec::new();
+        for (i, home) in homes.iter().enumerate() {
+            monitors.push(
+                start_node(
+                    "monitor",
+                    &format!("monitor-{}", i + 1),
+                    &cluster,
+                    *home,
+                    dir.path(),
+                    &consensus,
+                )
+                .await,
+            );
+        }
+        let collator = if collator {
+            Some(
+                start_node(
+                    "collator",
+                    "collator-1",
+                    &cluster,
+                    0,
+                    dir.path(),
+                    &consensus,
+                )
+                .await,
+            )
+        } else {
+            None
+        };
+        let n = monitors.len() as u64;
+        for m in &monitors {
+            wait(
+                &format!("{} sees {n} active monitors", m.proc.id),
+                SETTLE,
+                async || active_monitors(&m.proc.http).await == n,
+            )
+            .await;
+        }
+        println!(
+            "cluster: 3 nats-servers (routes{}), monitors homed on {:?}{}",
+            if split {
+                " through cuttable proxies"
+            } else {
+                ""
+            },
+            monitors.iter().map(|m| m.home).collect::<Vec<_>>(),
+            if collator.is_some() {
+                ", a collator on server 0"
+            } else {
+                ""
+            }
+        );
+        World {
+            cluster,
+            partition,
+            monitors,
+            collator,
+            _dir: dir,
+        }
+    }
+
+    fn ms(&self) -> Vec<&Node> {
+        self.monitors.iter().collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_a_burst_of_1000_proposals_loses_nothing() {
+    let mut w = World::start(&[0, 1, 2, 0, 1], true, json!({}), false).await;
+    let n = 1000;
+    let body = batch(0..n, false);
+    let ms = w.ms();
+    let first = ms[0].proc.http.clone();
+    let burst = tokio::spawn({
+        let https: Vec<String> = ms.iter().map(|m| m.proc.http.clone()).collect();
+        async move {
+            futures::future::join_all(https.iter().map(|h| {
+                let body = body.clone();
+                async move { post(h, "/v1/observations", &body).await }
+            }))
+            .await
+        }
+    });
+    // Mid-burst: once the first decisions are in, server 2 dies without a goodbye.
+    wait("the first decisions", SETTLE, async || {
+        official(&first).await.len() >= 50
+    })
+    .await;
+    let before = official(&first).await.len();
+    w.cluster.server(2).kill();
+    println!("killed server 2 (kill -9) after {before} of {n} decisions");
+    for (s, r) in burst.await.expect("burst") {
+        assert_eq!(s, 202, "{r}");
+    }
+    all_decided(&w.ms(), 0..n, false, SETTLE).await;
+    println!("all 5 monitors: {n} checks official offline");
+    let col = w.collator.as_ref().expect("collator").proc.http.clone();
+    wait("the collator recorded every outage", SETTLE, async || {
+        outages(&col).await.len() >= n
+    })
+    .await;
+    let rows = outages(&col).await;
+    let distinct: BTreeSet<&String> = rows.iter().map(|(d, _)| d).collect();
+    assert_eq!(rows.len(), n, "one row per outage");
+    assert_eq!(distinct.len(), n, "every outage exactly once");
+    println!("collator: {n} outage rows, each check once");
+    // The dead server comes back and rejoins; the cluster still decides through it.
+    w.cluster.server(2).restart().expect("restart");
+    w.cluster
+        .wait_routes(Duration::from_secs(30))
+        .expect("server 2 rejoins the routes");
+    post_all(&w.ms(), &batch(0..1, true)).await;
+    all_decided(&w.ms(), 0..1, true, SETTLE).await;
+    wait("the collator closed the outage", SETTLE, async || {
+        outages(&col)
+            .await
+            .iter()
+            .any(|(d, open)| d == "d0.test" && !open)
+    })
+    .await;
+    println!(
+        "server 2 restarted and rejoined; a recovery decided everywhere and closed its outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_server_under_load_loses_nothing() {
+    let mut w = World::start(&[0, 1, 2, 0, 1], true, json!({}), false).await;
+    let wave = 200;
+    for s in 0..3 {
+        let range = s * wave..(s + 1) * wave;
+        let body = batch(range.clone(), false);
+        let https: Vec<String> = w.ms().iter().map(|m| m.proc.http.clone()).collect();
+        let load = tokio::spawn(async move {
+            futures::future::join_all(https.iter().map(|h| {
+                let body = body.clone();
+                async move { post(h, "/v1/observations", &body).await }
+            }))
+            .await
+        });
+        w.cluster.server(s).stop();
+        w.cluster.server(s).restart().expect("restart");
+        for (st, r) in load.await.expect("load") {
+            assert_eq!(st, 202, "{r}");
+        }
+        w.cluster
+            .wait_routes(Duration::from_secs(30))
+            .expect("routes back");
+        println!("server {s} restarted during a wave of {wave} proposals");
+    }
+    let n = 3 * wave;
+    all_decided(&w.ms(), 0..n, false, SETTLE).await;
+    let col = w.collator.as_ref().expect("collator").proc.http.clone();
+    wait("the collator recorded every outage", SETTLE, async || {
+        outages(&col).await.len() >= n
+    })
+    .await;
+    let rows = outages(&col).await;
+    let distinct: BTreeSet<&String> = rows.iter().map(|(d, _)| d).collect();
+    assert_eq!((rows.len(), distinct.len()), (n, n), "each outage once");
+    println!("all 5 monitors: {n} checks official offline; collator: {n} rows, each once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_stalled_past_the_proposal_timeout_changes_no_newer_decision() {
+    let timeout = Duration::from_secs(1);
+    let w = World::start(
+        &[0, 1, 2, 0, 1],
+        false,
+        json!({"proposal_timeout": "1s"}),
+        false,
+    )
+    .await;
+    let ms = w.ms();
+    let stalled = ms[4];
+    // It proposes "down" alone, then stops (SIGSTOP) with that proposal in flight.
+    post_all(&[stalled], &batch(0..1, false)).await;
+    signal(&stalled.proc.child, libc_sigstop());
+    println!(
+        "{} stopped (SIGSTOP) with its own proposal pending",
+        stalled.proc.id
+    );
+    // The others decide down, then up: the newer decision.
+    post_all(&ms[..3], &batch(0..1, false)).await;
+    all_decided(&ms[..4], 0..1, false, SETTLE).await;
+    post_all(&ms[..4], &batch(0..1, true)).await;
+    all_decided(&ms[..4], 0..1, true, SETTLE).await;
+    // The stall itself: longer than three proposal timeouts, so the stopped monitor's
+    // timers are all due when it resumes.
+    tokio::time::sleep(timeout * 4).await;
+    signal(&stalled.proc.child, libc_sigcont());
+    println!(
+        "{} resumed (SIGCONT) after {:?}",
+        stalled.proc.id,
+        timeout * 4
+    );
+    all_decided(&[stalled], 0..1, true, SETTLE).await;
+    // Whatever it sent on waking (votes, timeouts, a finalize of its old proposal), the
+    // newer decision stands everywhere.
+    let healthz = |h: String| async move { get(&h, "/healthz").await.0 };
+    assert_eq!(healthz(stalled.proc.http.clone()).await, 200);
+    for m in &ms {
+        let o = official(&m.proc.http).await;
+        assert_eq!(o.get("d0.test"), Some(&true), "{}", m.proc.id);
+    }
+    println!("all 5 monitors: the newer decision (online) stands");
+}
+
+fn libc_sigstop() -> i32 {
+    19
+}
+
+fn libc_sigcont() -> i32 {
+    18
+}
+
+/// Splits the monitors 2 | 3 (servers 0 | 1+2), posts the same conflicting observations
+/// (the 2-side sees a check down, the 3-side up), and returns the official results of both
+/// sides before healing; after healing the checks run again everywhere (up) and every
+/// monitor converges.
+async fn split(consensus: Value) -> (Vec<Option<bool>>, Vec<Option<bool>>) {
+    let w = World::start(&[0, 0, 1, 2, 1], false, consensus, true).await;
+    let ms = w.ms();
+    let (two, three) = (&ms[..2], &ms[2..]);
+    let part = w.partition.as_ref().expect("partitionable");
+    part.isolate_server0();
+    wait("server 0 loses its routes", SETTLE, async || {
+        w.cluster_routes(0) == Some(0)
+    })
+    .await;
+    println!("split: monitors 1-2 on server 0 | monitors 3-5 on servers 1-2");
+    // Each side sees the other go stale (short activity window) before the checks differ.
+    for (ns, n) in [(two, 2), (three, 3)] {
+        for m in ns {
+            wait(
+                &format!("{} sees {n} active monitors", m.proc.id),
+                SETTLE,
+                async || active_monitors(&m.proc.http).await == n,
+            )
+            .await;
+        }
+    }
+    post_all(three, &batch(0..1, true)).await;
+    post_all(two, &batch(0..1, false)).await;
+    all_decided(three, 0..1, true, SETTLE).await;
+    // Long enough for the 2-side to decide if it can (its proposals time out 3 × 1 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let side = |ns: &[&Node]| {
+        let hs: Vec<String> = ns.iter().map(|n| n.proc.http.clone()).collect();
+        async move {
+            let mut v = Vec::new();
+            for h in hs {
+                v.push(official(&h).await.get("d0.test").copied());
+            }
+            v
+        }
+    };
+    let (a, b) = (side(two).await, side(three).await);
+    part.heal();
+    w_routes(&w).await;
+    // The checks run again after the split: everyone sees the check up.
+    post_all(&ms, &batch(0..1, true)).await;
+    all_decided(&ms, 0..1, true, SETTLE).await;
+    println!("healed: all 5 monitors converged on online");
+    (a, b)
+}
+
+async fn w_routes(w: &World) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if (0..3).all(|i| w.cluster_routes(i) == Some(2)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "routes did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl World {
+    fn cluster_routes(&self, i: usize) -> Option<u64> {
+        self.cluster.num_routes(i)
+    }
+}
+
+/// A monitor unheard for 2 s no longer counts (the reference: 10 min), so a split shows
+/// within seconds.
+fn short_windows() -> Value {
+    json!({
+        "proposal_timeout": "1s",
+        "heartbeat_interval": "300ms",
+        "first_heartbeat": "100ms",
+        "join_throttle": "100ms",
+        "active_window": "2s",
+        "stale_after": "3s"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_quorum_floor_the_minority_side_of_a_split_never_decides() {
+    let mut c = short_windows();
+    c["min_quorum"] = json!(3);
+    let (two, three) = split(c).await;
+    assert_eq!(three, vec![Some(true); 3], "the 3-side went on deciding");
+    assert_eq!(two, vec![None, None], "the 2-side decided nothing");
+    println!("floor 3: 2-side {two:?} (nothing decided), 3-side {three:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_floor_a_split_decides_on_both_sides_and_converges_after_healing() {
+    let (two, three) = split(short_windows()).await;
+    assert_eq!(three, vec![Some(true); 3], "the 3-side decided online");
+    assert_eq!(
+        two,
+        vec![Some(false); 2],
+        "split brain: the 2-side decided offline on its own"
+    );
+    println!("no floor: 2-side {two:?}, 3-side {three:?}: split brain, then converged");
+}
