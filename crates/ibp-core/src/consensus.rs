@@ -18,6 +18,9 @@ use std::time::Duration;
 use ibp_wire::{Data, FinalizeMessage, Proposal, Role, Vote, WireTime};
 use serde::Serialize;
 
+mod sync;
+pub use sync::SyncOutcome;
+
 use crate::check::ProposalKey;
 use crate::membership::Membership;
 use crate::time::{Now, after, elapsed};

@@ -22,6 +22,8 @@ pub struct Counters {
     pub duplicate_finalizes: u64,
     /// Passed decisions not applied because a newer one was already official.
     pub stale_decisions: u64,
+    /// Official results taken from other monitors while catching up (a quorum attested them).
+    pub synced_results: u64,
     /// Votes that arrived before their proposal and were buffered.
     pub buffered_votes: u64,
     /// Votes for proposals already decided.

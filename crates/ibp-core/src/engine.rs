@@ -323,6 +323,27 @@ impl Engine {
         Ok((r, self.gate(out)))
     }
 
+    /// This monitor's official results, for a peer catching up (empty for other roles).
+    pub fn sync_snapshot(&self) -> Vec<ibp_wire::FinalizeMessage> {
+        self.consensus
+            .as_ref()
+            .map(|c| c.sync_snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Takes the official results other monitors reported, where a quorum of active
+    /// monitors attests the same decision (see [`Consensus::apply_synced`]).
+    pub fn apply_synced(
+        &mut self,
+        replies: &std::collections::BTreeMap<String, Vec<ibp_wire::FinalizeMessage>>,
+        now: Now,
+    ) -> Result<(crate::consensus::SyncOutcome, Vec<Effect>), EngineError> {
+        let mut out = Vec::new();
+        let (cons, m, c) = self.parts()?;
+        let r = cons.apply_synced(replies, now, m, c, &mut out);
+        Ok((r, self.gate(out)))
+    }
+
     /// Records a local observation without proposing.
     pub fn set_local(&mut self, obs: Observation, now: Now) -> Result<Vec<Effect>, EngineError> {
         let mut out = Vec::new();

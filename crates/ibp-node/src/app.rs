@@ -129,6 +129,7 @@ impl App {
             listen_address: http_addr.ip().to_string(),
             listen_port: http_addr.port().to_string(),
             reconcile_interval: cfg.reconcile_interval,
+            sync_interval: cfg.sync_interval,
             clock,
             security: Arc::new(cfg.security.runtime()),
         };

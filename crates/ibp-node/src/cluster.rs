@@ -1,6 +1,9 @@
 //! The node handle: the async shell that wires the pure core (`ibp_core::Engine`) to NATS
 //! and tokio. One handle per node; many nodes can run in one process.
 
+mod sync;
+pub use sync::SUBJECT as SYNC_SUBJECT;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,6 +111,9 @@ pub struct NodeOptions {
     /// Monitors re-propose every local result that differs from the official one this
     /// often (the Go monitor's check loop does it implicitly). Repairs lost decisions.
     pub reconcile_interval: Duration,
+    /// Monitors catch up from the other monitors at start, after reconnects and this often
+    /// (zero: only at start and after reconnects); see [`Node::catch_up`].
+    pub sync_interval: Duration,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// Signing and verification of consensus messages (off by default).
@@ -128,6 +134,7 @@ impl NodeOptions {
             listen_address: String::new(),
             listen_port: String::new(),
             reconcile_interval: Duration::from_secs(30),
+            sync_interval: Duration::from_secs(60),
             clock: Arc::new(SystemClock::new()),
             security: Arc::new(crate::security::Security::off()),
         }
@@ -524,8 +531,12 @@ impl Node {
             }
         }
         match role {
-            Role::Monitor => subs
-                .push(collectors::serve_downtime(self.clone(), services.downtime.clone()).await?),
+            Role::Monitor => {
+                subs.push(
+                    collectors::serve_downtime(self.clone(), services.downtime.clone()).await?,
+                );
+                subs.push(self.serve_sync().await?);
+            }
             Role::Dns => {
                 subs.push(collectors::serve_usage(self.clone(), services.usage.clone()).await?)
             }
@@ -797,6 +808,9 @@ impl Node {
             }
         }));
         if role == Role::Monitor {
+            tasks.push(tokio::spawn(
+                self.clone().sync_loop(self.inner.opts.sync_interval),
+            ));
             let node = self.clone();
             let mut stop = self.inner.shutdown.subscribe();
             let every = self

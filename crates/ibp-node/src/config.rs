@@ -293,12 +293,16 @@ impl Default for DnsSection {
 pub struct MonitorSection {
     /// How often differing local results are proposed again (`30s`).
     pub reconcile_interval: String,
+    /// How often the monitor catches up from the other monitors' official results, beside
+    /// at start and after reconnects (`60s`; `0s`: only then).
+    pub sync_interval: String,
 }
 
 impl Default for MonitorSection {
     fn default() -> Self {
         MonitorSection {
             reconcile_interval: "30s".into(),
+            sync_interval: "60s".into(),
         }
     }
 }
@@ -597,6 +601,8 @@ pub struct NodeConfig {
     pub flush_interval: Duration,
     /// Monitor reconcile period.
     pub reconcile_interval: Duration,
+    /// Monitor catch-up period (zero: at start and after reconnects only).
+    pub sync_interval: Duration,
     /// Built-in checks: whether they run, and their settings.
     pub run_checks: bool,
     /// Settings of the checker.
@@ -836,6 +842,7 @@ impl NodeConfig {
             "IbpNode.monitor.reconcile_interval",
             &monitor.reconcile_interval,
         )?;
+        let sync_interval = duration("IbpNode.monitor.sync_interval", &monitor.sync_interval)?;
         if reconcile_interval.is_zero() {
             return Err(cerr(
                 "IbpNode.monitor.reconcile_interval",
@@ -966,6 +973,7 @@ impl NodeConfig {
             usage_timeout,
             flush_interval,
             reconcile_interval,
+            sync_interval,
             log_level: file.log_level.clone(),
             log_format: ibp.log_format.clone(),
             shutdown_grace,

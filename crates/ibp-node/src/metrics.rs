@@ -351,6 +351,7 @@ impl Metrics {
                 last.duplicate_finalizes,
             ),
             ("stale_decision", now.stale_decisions, last.stale_decisions),
+            ("synced_result", now.synced_results, last.synced_results),
             ("late_vote", now.late_votes, last.late_votes),
             ("buffered_vote", now.buffered_votes, last.buffered_votes),
             (

@@ -29,12 +29,19 @@ pub fn permissions(role: Role) -> Permissions {
     let mut subscribe = vec![subjects::CLUSTER, ext::LEAVE_SUBJECT, INBOXES];
     let responds = match role {
         Role::Monitor => {
-            publish.extend([subjects::PROPOSE, subjects::VOTE, subjects::FINALIZE]);
+            // Catching up from each other (crate::cluster::SYNC_SUBJECT) is monitors' own.
+            publish.extend([
+                subjects::PROPOSE,
+                subjects::VOTE,
+                subjects::FINALIZE,
+                crate::cluster::SYNC_SUBJECT,
+            ]);
             subscribe.extend([
                 subjects::PROPOSE,
                 subjects::VOTE,
                 subjects::FINALIZE,
                 subjects::DOWNTIME_GET,
+                crate::cluster::SYNC_SUBJECT,
             ]);
             true
         }

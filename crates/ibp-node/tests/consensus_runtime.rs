@@ -264,6 +264,10 @@ async fn enabling_twice_is_an_error_and_roles_subscribe_exactly_their_subjects()
                 ibp_wire::subjects::FINALIZE.to_string(),
             ]);
         }
+        if role == Role::Monitor {
+            // Beyond the Go monitor: monitors catch up from each other.
+            v.push(ibp_node::cluster::SYNC_SUBJECT.to_string());
+        }
         v.sort();
         v
     };

@@ -520,3 +520,100 @@ async fn without_the_floor_a_split_decides_on_both_sides_and_converges_after_hea
     );
     println!("no floor: 2-side {two:?}, 3-side {three:?}: split brain, then converged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_killed_mid_consensus_returns_catches_up_from_the_cluster_and_votes_again() {
+    let mut w = World::start(&[0, 1, 2, 0, 1], false, json!({}), false).await;
+    post_all(&w.ms(), &batch(0..50, false)).await;
+    all_decided(&w.ms(), 0..50, false, SETTLE).await;
+    // Its writer has caught up (a kill -9 loses what is still queued; the docs say so).
+    let m5 = w.monitors[4].proc.http.clone();
+    wait("monitor-5 wrote its official results", SETTLE, async || {
+        let text = reqwest::get(format!("http://{m5}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .any(|l| l.starts_with("ibp_write_queue_depth{writer=\"official\"} 0"))
+    })
+    .await;
+    // Killed (kill -9) while the others are deciding a burst it will never see.
+    let mut gone = w.monitors.pop().expect("monitor-5");
+    let others = w.ms();
+    let burst = {
+        let https: Vec<String> = others.iter().map(|m| m.proc.http.clone()).collect();
+        tokio::spawn(async move {
+            let up = batch(0..25, true);
+            let down = batch(50..60, false);
+            for h in &https {
+                let _ = post(h, "/v1/observations", &up).await;
+                let _ = post(h, "/v1/observations", &down).await;
+            }
+        })
+    };
+    gone.proc.child.kill().expect("kill -9");
+    let _ = gone.proc.child.wait();
+    println!("monitor-5 killed (kill -9) mid-consensus");
+    burst.await.expect("burst");
+    all_decided(&others, 0..25, true, SETTLE).await;
+    all_decided(&others, 50..60, false, SETTLE).await;
+    println!("the other 4 went on deciding: 25 recoveries, 10 new outages");
+    // Its database holds what it had decided before the kill.
+    let dir = w._dir.path().to_path_buf();
+    let db = format!("sqlite://{}", dir.join("monitor-5.db").display());
+    let store = ibp_storage::Store::open(&db).await.expect("its database");
+    let rows = store
+        .load_results(ibp_storage::ResultKind::Official)
+        .await
+        .expect("official rows");
+    store.close().await;
+    let persisted: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| !r.status)
+        .map(|r| r.key.domain_name.clone())
+        .collect();
+    assert_eq!(persisted.len(), 50, "every decision it saw was persisted");
+    // Back with its own database and work directory.
+    let back = start_node(
+        "monitor",
+        "monitor-5",
+        &w.cluster,
+        gone.home,
+        &dir,
+        &json!({}),
+    )
+    .await;
+    drop(gone);
+    wait(
+        "monitor-5 holds its persisted results",
+        SETTLE,
+        async || {
+            let o = official(&back.proc.http).await;
+            (25..50).all(|i| o.get(&format!("d{i}.test")) == Some(&false))
+        },
+    )
+    .await;
+    // What it missed comes from the other monitors: nothing was posted to it.
+    all_decided(&[&back], 0..25, true, SETTLE).await;
+    all_decided(&[&back], 50..60, false, SETTLE).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", back.proc.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("kind=\"synced_result\""),
+        "taken from the cluster, counted"
+    );
+    println!("monitor-5 restarted: its file gave back 50 results, the cluster the 35 it missed");
+    // It votes again: a decision that needs its vote (3 of 5) is made.
+    let voters: Vec<&Node> = vec![&w.monitors[0], &w.monitors[1], &back];
+    post_all(&voters, &batch(60..61, false)).await;
+    let mut all = w.ms();
+    all.push(&back);
+    all_decided(&all, 60..61, false, SETTLE).await;
+    println!("a decision needing monitor-5's vote was made on all 5");
+}

@@ -379,6 +379,11 @@ fn monitor(b: &mut Builder<'_>) {
         "monitor.reconcile_interval",
         secs(cfg.reconcile_interval),
     );
+    b.ibp(
+        "monitor.sync_interval",
+        "monitor.sync_interval",
+        secs(cfg.sync_interval),
+    );
 }
 
 fn dns(b: &mut Builder<'_>) {

@@ -1,0 +1,203 @@
+//! Catching up from the cluster (a Rust extension on [`SUBJECT`], which Go nodes neither
+//! serve nor ask): a monitor asks the other monitors for their official results at start,
+//! after every reconnect and every `IbpNode.monitor.sync_interval`, and takes a result
+//! only when as many active monitors as a decision needs report the very same decision
+//! (`ibp_core::consensus::sync`). In `enforce` mode the replies, which are not signed, are
+//! not used: there a node learns only from decisions it can verify.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ibp_core::consensus::SyncOutcome;
+use ibp_wire::{FinalizeMessage, Role};
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+use crate::connection::{BusError, Concurrency, SubscriptionHandle};
+
+/// The request subject.
+pub const SUBJECT: &str = "ibp.ext.sync.official";
+
+/// Results per reply message (each well under the default `max_payload`).
+const CHUNK: usize = 200;
+
+/// A request: who asks (a node never answers itself).
+#[derive(Debug, Serialize, Deserialize)]
+struct Ask {
+    node: String,
+}
+
+/// One part of an answer.
+#[derive(Debug, Serialize, Deserialize)]
+struct Part {
+    node: String,
+    results: Vec<FinalizeMessage>,
+    last: bool,
+}
+
+impl Node {
+    /// Answers other monitors' catch-up requests with this node's official results.
+    pub(crate) async fn serve_sync(&self) -> Result<SubscriptionHandle, BusError> {
+        let node = self.clone();
+        self.inner
+            .conn
+            .subscribe(SUBJECT, Concurrency::Sequential, move |msg| {
+                let node = node.clone();
+                async move {
+                    let (Some(reply), Ok(ask)) =
+                        (msg.reply, serde_json::from_slice::<Ask>(&msg.payload))
+                    else {
+                        node.inner.metrics.decode_failed(SUBJECT);
+                        return;
+                    };
+                    let me = node.inner.id.to_string();
+                    if ask.node == me {
+                        return;
+                    }
+                    let all = node.read_engine(|e, _| e.sync_snapshot());
+                    let mut chunks: Vec<&[FinalizeMessage]> = all.chunks(CHUNK).collect();
+                    if chunks.is_empty() {
+                        chunks.push(&[]);
+                    }
+                    let n = chunks.len();
+                    for (i, c) in chunks.into_iter().enumerate() {
+                        let part = Part {
+                            node: me.clone(),
+                            results: c.to_vec(),
+                            last: i + 1 == n,
+                        };
+                        let Ok(bytes) = serde_json::to_vec(&part) else {
+                            return;
+                        };
+                        if node
+                            .inner
+                            .conn
+                            .publish_bytes(reply.as_str(), Bytes::from(bytes))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Asks the other active monitors for their official results (waiting at most
+    /// `within` for their answers) and takes what a quorum of them attests.
+    pub async fn catch_up(&self, within: Duration) -> Result<SyncOutcome, BusError> {
+        if self.role() != Some(Role::Monitor) || self.inner.opts.security.mode().drops() {
+            return Ok(SyncOutcome::default());
+        }
+        let me = self.inner.id.to_string();
+        let expected: BTreeSet<String> = self.read_engine(|e, now| {
+            e.membership()
+                .members(now)
+                .into_iter()
+                .filter(|(m, active)| *active && m.role == Role::Monitor.as_wire())
+                .map(|(m, _)| m.node_id)
+                .filter(|id| *id != me)
+                .collect()
+        });
+        if expected.is_empty() {
+            return Ok(SyncOutcome::default());
+        }
+        let inbox = format!("_INBOX.{me}.syncReply.{}", uuid::Uuid::new_v4().simple());
+        let client = self.inner.conn.client();
+        let mut sub = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| BusError::new("subscribe", &inbox, e))?;
+        let ask = serde_json::to_vec(&Ask { node: me.clone() })
+            .map_err(|e| BusError::new("encode", SUBJECT, e))?;
+        self.inner
+            .conn
+            .publish_request(SUBJECT, &inbox, Default::default(), Bytes::from(ask))
+            .await?;
+        let mut replies: BTreeMap<String, Vec<FinalizeMessage>> = BTreeMap::new();
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let deadline = Instant::now() + within;
+        while done.len() < expected.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(msg)) = tokio::time::timeout(left, sub.next()).await else {
+                break;
+            };
+            let Ok(part) = serde_json::from_slice::<Part>(&msg.payload) else {
+                self.inner.metrics.decode_failed(SUBJECT);
+                continue;
+            };
+            if !expected.contains(&part.node) || done.contains(&part.node) {
+                continue;
+            }
+            if part.last {
+                done.insert(part.node.clone());
+            }
+            replies.entry(part.node).or_default().extend(part.results);
+        }
+        let _ = sub.unsubscribe().await;
+        let (outcome, fx) = self.with_engine(|e, now| {
+            e.apply_synced(&replies, now)
+                .unwrap_or((SyncOutcome::default(), Vec::new()))
+        });
+        self.run_effects(fx).await;
+        tracing::info!(
+            node = %me,
+            asked = expected.len(),
+            answered = done.len(),
+            applied = outcome.applied,
+            skipped = outcome.skipped,
+            "caught up from the other monitors"
+        );
+        Ok(outcome)
+    }
+
+    /// Catches up at start (once a peer is active), after every reconnect and every
+    /// `every` (zero: only at start and after reconnects).
+    pub(crate) async fn sync_loop(self, every: Duration) {
+        let mut stop = self.inner.shutdown.subscribe();
+        let mut state = self.inner.conn.watch_state();
+        let mut seen = state.borrow().reconnects;
+        let warm = self.wait_for_active(Role::Monitor, 2, Duration::from_secs(10));
+        tokio::select! {
+            _ = warm => {}
+            _ = stop.changed() => return,
+        }
+        // The others answer our join within moments: ask once their number stops growing,
+        // or the quorum would be counted among the first few (at most 3 s).
+        for _ in 0..10 {
+            let before = self.count_active(Role::Monitor);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = stop.changed() => return,
+            }
+            if self.count_active(Role::Monitor) == before {
+                break;
+            }
+        }
+        let answer_within = Duration::from_secs(3);
+        let _ = self.catch_up(answer_within).await;
+        let period = if every.is_zero() {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            every
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = state.changed() => {
+                    if r.is_err() { break; }
+                    let n = state.borrow().reconnects;
+                    if n <= seen { continue; }
+                    seen = n;
+                }
+                _ = stop.changed() => break,
+            }
+            let _ = self.catch_up(answer_within).await;
+        }
+    }
+}
