@@ -19,7 +19,7 @@ use ibp_wire::{Data, FinalizeMessage, Proposal, Role, Vote, WireTime};
 use serde::Serialize;
 
 mod sync;
-pub use sync::SyncOutcome;
+pub use sync::{SyncOutcome, attested};
 
 use crate::check::ProposalKey;
 use crate::membership::Membership;

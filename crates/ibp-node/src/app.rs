@@ -243,6 +243,15 @@ impl App {
         }
         drop(services);
 
+        if let Some(c) = &collator
+            && !cfg.collator.jetstream
+        {
+            tasks.push(tokio::spawn(crate::roles::gaps::check_at_start(
+                node.clone(),
+                c.store().clone(),
+                stop.subscribe(),
+            )));
+        }
         if let (Some(m), Some(rx)) = (&monitor, official_rx) {
             drain_tasks.push(tokio::spawn(m.clone().persist_official(rx)));
         }

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub dead_letters: Family<Labels, Counter>,
     /// Items waiting to be written, by writer.
     pub write_queue: Family<Labels, Gauge>,
+    /// Collator without JetStream: decisions it missed while it was away, by kind
+    /// (`missed_start`, `missed_end`), as the monitors' official results tell at its start.
+    pub collator_gaps: Family<Labels, Gauge>,
     /// Things a node ignored or held on purpose, by reason (stray replies, held finalizes,
     /// unknown checks, …).
     pub ignored: Family<Labels, Counter>,
@@ -118,6 +121,7 @@ impl Metrics {
             storage_errors: Family::default(),
             dead_letters: Family::default(),
             write_queue: Family::default(),
+            collator_gaps: Family::default(),
             ignored: Family::default(),
             check_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 18))
@@ -223,6 +227,11 @@ impl Metrics {
                 "write_queue_depth",
                 "Items waiting to be written, by writer",
                 m.write_queue.clone(),
+            );
+            r.register(
+                "collator_gaps",
+                "Decisions a collator without JetStream missed while away, by kind",
+                m.collator_gaps.clone(),
             );
             r.register(
                 "check_duration_seconds",
@@ -410,6 +419,13 @@ impl Metrics {
         self.dead_letters
             .get_or_create(&vec![("kind", kind.to_string())])
             .inc();
+    }
+
+    /// Sets how many decisions of `kind` a collator missed while away.
+    pub fn set_collator_gaps(&self, kind: &str, n: usize) {
+        self.collator_gaps
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .set(n as i64);
     }
 
     /// Sets a writer's queue depth.

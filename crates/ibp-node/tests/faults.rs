@@ -44,20 +44,47 @@ async fn start_node(
     dir: &std::path::Path,
     consensus: &Value,
 ) -> Node {
+    start_with(
+        role,
+        id,
+        cluster,
+        home,
+        dir,
+        &json!({"consensus": consensus}),
+    )
+    .await
+}
+
+/// Starts `ibp-node run` homed on server `home`; `extra` holds `IbpNode` sections merged
+/// over the suite's defaults.
+async fn start_with(
+    role: &str,
+    id: &str,
+    cluster: &NatsCluster,
+    home: usize,
+    dir: &std::path::Path,
+    extra: &Value,
+) -> Node {
     let http = format!("127.0.0.1:{}", free_port());
     let db = format!("sqlite://{}", dir.join(format!("{id}.db")).display());
     let cfg = dir.join(format!("{id}.json"));
-    std::fs::write(
-        &cfg,
-        json!({"IbpNode": {
-            "nats": {"retain_servers_order": true, "reconnect_delay": "100ms", "connect_timeout": "2s"},
-            "monitor": {"reconcile_interval": "1s"},
-            "consensus": consensus,
-            "collator": {"hourly": false, "backfill_days": 0},
-        }})
-        .to_string(),
-    )
-    .expect("config");
+    let mut ibp = json!({
+        "nats": {"retain_servers_order": true, "reconnect_delay": "100ms", "connect_timeout": "2s"},
+        "monitor": {"reconcile_interval": "1s"},
+        "collator": {"hourly": false, "backfill_days": 0},
+    });
+    for (section, v) in extra.as_object().into_iter().flatten() {
+        match (
+            ibp.get_mut(section).and_then(Value::as_object_mut),
+            v.as_object(),
+        ) {
+            (Some(base), Some(over)) => base.extend(over.clone()),
+            _ => {
+                ibp[section] = v.clone();
+            }
+        }
+    }
+    std::fs::write(&cfg, json!({ "IbpNode": ibp }).to_string()).expect("config");
     let work = dir.join(id);
     std::fs::create_dir_all(&work).expect("work dir");
     let nats = urls(cluster, home);
@@ -616,4 +643,282 @@ async fn a_monitor_killed_mid_consensus_returns_catches_up_from_the_cluster_and_
     all.push(&back);
     all_decided(&all, 60..61, false, SETTLE).await;
     println!("a decision needing monitor-5's vote was made on all 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_listeners_on_every_subject_the_whole_topology_starts_decides_and_answers() {
+    use futures::StreamExt;
+    let cluster = NatsCluster::start(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    })
+    .expect("cluster");
+    // An operator's tools on every server, there before any node starts: a subscriber on
+    // `>` each, and a JetStream stream on `>`.
+    let all: Vec<String> = cluster.urls().split(',').map(str::to_string).collect();
+    let mut watchers = Vec::new();
+    let mut clients = Vec::new();
+    for u in &all {
+        let c = async_nats::connect(u.as_str()).await.expect("watcher");
+        let mut sub = c.subscribe(">").await.expect("sub >");
+        watchers.push(tokio::spawn(
+            async move { while sub.next().await.is_some() {} },
+        ));
+        c.flush().await.expect("flush");
+        clients.push(c);
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(all[0].as_str()).await.expect("js"));
+    // A clustered JetStream answers once its servers have elected a meta leader.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let r = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "EVERYTHING".into(),
+                subjects: vec![">".into()],
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                println!("stream on > not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("stream on >: {e}"),
+        }
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let none = json!({});
+    let mut monitors = Vec::new();
+    for (i, home) in [0, 1, 2, 0, 1].into_iter().enumerate() {
+        monitors.push(
+            start_with(
+                "monitor",
+                &format!("monitor-{}", i + 1),
+                &cluster,
+                home,
+                dir.path(),
+                &none,
+            )
+            .await,
+        );
+    }
+    let mut dns = Vec::new();
+    for (i, home) in [1, 2].into_iter().enumerate() {
+        dns.push(
+            start_with(
+                "dns",
+                &format!("dns-{}", i + 1),
+                &cluster,
+                home,
+                dir.path(),
+                &none,
+            )
+            .await,
+        );
+    }
+    let collator = start_with(
+        "collator",
+        "collator-1",
+        &cluster,
+        2,
+        dir.path(),
+        &json!({"collator": {"jetstream": true}}),
+    )
+    .await;
+    let everyone: Vec<&Node> = monitors.iter().chain(&dns).chain([&collator]).collect();
+    for n in &everyone {
+        wait(
+            &format!("{} sees 5 monitors and 2 DNS nodes", n.proc.id),
+            SETTLE,
+            async || {
+                let c = get(&n.proc.http, "/v1/cluster").await.1;
+                c["activeMonitors"] == 5 && c["activeDns"] == 2
+            },
+        )
+        .await;
+    }
+    println!("all 8 nodes started with a `>` subscriber on each server and a stream on `>`");
+    let ms: Vec<&Node> = monitors.iter().collect();
+    post_all(&ms[..3], &batch(0..1, false)).await;
+    all_decided(&ms, 0..1, false, SETTLE).await;
+    wait("the collator recorded the outage", SETTLE, async || {
+        outages(&collator.proc.http).await.len() == 1
+    })
+    .await;
+    println!("a decision was made on all 5 monitors and recorded by the collator");
+    let urls = cluster.urls();
+    let day = chrono::Utc::now().date_naive().to_string();
+    let from = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
+    let to = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    for (args, answered) in [
+        (vec!["usage", "--from", &day, "--to", &day], 2),
+        (vec!["downtime", "--from", &from, "--to", &to], 5),
+    ] {
+        let out = common::cmd()
+            .args(&args)
+            .args(["--nats-url", &urls, "--timeout", "10s"])
+            .output()
+            .expect("runs");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert!(
+            out.status.success(),
+            "{args:?}: {report} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(report["complete"], true, "{report}");
+        assert_eq!(
+            report["answered"].as_array().map(Vec::len),
+            Some(answered),
+            "{report}"
+        );
+    }
+    println!("usage and downtime fan-outs answered by every DNS node and monitor");
+    for w in watchers {
+        w.abort();
+    }
+    drop(clients);
+}
+
+async fn metric(http: &str, line_prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// An outage opens; the collator is killed (kill -9); while it is away the cluster opens
+/// another outage; then it starts again on the same database.
+async fn collator_restart(jetstream: bool) -> (World, Node) {
+    let cluster = NatsCluster::start(ServerOptions {
+        jetstream,
+        ..ServerOptions::default()
+    })
+    .expect("cluster");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut monitors = Vec::new();
+    for (i, home) in [0, 1, 2, 0, 1].into_iter().enumerate() {
+        monitors.push(
+            start_with(
+                "monitor",
+                &format!("monitor-{}", i + 1),
+                &cluster,
+                home,
+                dir.path(),
+                &json!({}),
+            )
+            .await,
+        );
+    }
+    let col_cfg = json!({"collator": {"jetstream": jetstream}});
+    let collator = start_with("collator", "collator-1", &cluster, 0, dir.path(), &col_cfg).await;
+    for m in &monitors {
+        wait("5 active monitors", SETTLE, async || {
+            active_monitors(&m.proc.http).await == 5
+        })
+        .await;
+    }
+    let mut w = World {
+        cluster,
+        partition: None,
+        monitors,
+        collator: Some(collator),
+        _dir: dir,
+    };
+    post_all(&w.ms(), &batch(0..1, false)).await;
+    all_decided(&w.ms(), 0..1, false, SETTLE).await;
+    let col = w.collator.as_ref().expect("collator").proc.http.clone();
+    wait("the collator opened the outage", SETTLE, async || {
+        outages(&col).await == vec![("d0.test".to_string(), true)]
+    })
+    .await;
+    let mut gone = w.collator.take().expect("collator");
+    gone.proc.child.kill().expect("kill -9");
+    let _ = gone.proc.child.wait();
+    println!(
+        "collator killed (kill -9) during the outage of d0 ({})",
+        if jetstream {
+            "JetStream"
+        } else {
+            "no JetStream"
+        }
+    );
+    post_all(&w.ms(), &batch(1..2, false)).await;
+    all_decided(&w.ms(), 1..2, false, SETTLE).await;
+    println!("while it was away: d1 went offline");
+    let back = start_with(
+        "collator",
+        "collator-1",
+        &w.cluster,
+        0,
+        w._dir.path(),
+        &col_cfg,
+    )
+    .await;
+    (w, back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collator_restarted_without_jetstream_reports_what_it_missed_and_closes_its_outage() {
+    let (w, back) = collator_restart(false).await;
+    let http = back.proc.http.clone();
+    wait("the gap is reported", SETTLE, async || {
+        metric(&http, "ibp_collator_gaps{kind=\"missed_start\"}").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        metric(&http, "ibp_collator_gaps{kind=\"missed_end\"}").await,
+        Some(0.0)
+    );
+    let log = common::log_of(&back.proc.child);
+    assert!(
+        log.contains("missed while away") && log.contains("d1.test"),
+        "the log names the missed check:\n{log}"
+    );
+    println!(
+        "restarted without JetStream: the missed outage of d1 reported (log, ibp_collator_gaps)"
+    );
+    // The outage open across the restart closes correctly.
+    post_all(&w.ms(), &batch(0..1, true)).await;
+    all_decided(&w.ms(), 0..1, true, SETTLE).await;
+    wait("d0's row closed", SETTLE, async || {
+        outages(&http).await == vec![("d0.test".to_string(), false)]
+    })
+    .await;
+    println!("the outage open across the restart was closed on its row, once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collator_restarted_with_jetstream_loses_and_doubles_nothing() {
+    let (w, back) = collator_restart(true).await;
+    let http = back.proc.http.clone();
+    wait(
+        "the missed outage recorded from the stream",
+        SETTLE,
+        async || outages(&http).await.len() == 2,
+    )
+    .await;
+    post_all(&w.ms(), &batch(0..1, true)).await;
+    all_decided(&w.ms(), 0..1, true, SETTLE).await;
+    wait("d0's row closed", SETTLE, async || {
+        let rows = outages(&http).await;
+        rows.contains(&("d0.test".to_string(), false))
+            && rows.contains(&("d1.test".to_string(), true))
+    })
+    .await;
+    let rows = outages(&http).await;
+    assert_eq!(rows.len(), 2, "no outage doubled: {rows:?}");
+    assert_eq!(
+        metric(&http, "ibp_collator_gaps{kind=\"missed_start\"}").await,
+        None,
+        "nothing to report with JetStream"
+    );
+    println!("restarted with JetStream: d1 recorded from the stream, d0 closed, each once");
 }

@@ -15,12 +15,43 @@ use crate::membership::Membership;
 use crate::time::Now;
 use crate::{Counters, Effect};
 
+/// The decisions reported by at least `need` distinct repliers that `counts`, one per
+/// check and proposal (the passed ones only), in check order.
+pub fn attested(
+    replies: &BTreeMap<String, Vec<FinalizeMessage>>,
+    need: usize,
+    counts: impl Fn(&str) -> bool,
+) -> Vec<Proposal> {
+    let mut by_decision: BTreeMap<(CheckKey, String), (Proposal, BTreeSet<&str>)> = BTreeMap::new();
+    for (replier, results) in replies {
+        if !counts(replier) {
+            continue;
+        }
+        for f in results
+            .iter()
+            .filter(|f| f.passed && !f.proposal.id.is_empty())
+        {
+            by_decision
+                .entry((CheckKey::of(&f.proposal), f.proposal.id.clone()))
+                .or_insert_with(|| (f.proposal.clone(), BTreeSet::new()))
+                .1
+                .insert(replier.as_str());
+        }
+    }
+    by_decision
+        .into_values()
+        .filter(|(_, by)| by.len() >= need.max(1))
+        .map(|(p, _)| p)
+        .collect()
+}
+
 /// What [`Consensus::apply_synced`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncOutcome {
     /// Results taken (a quorum attested them and nothing newer was held).
     pub applied: usize,
-    /// Decisions reported that no quorum attested, or that this node knew already.
+    /// Decisions a quorum attested but this node did not take: it knew them, held a newer
+    /// result, or does not know the check.
     pub skipped: usize,
 }
 
@@ -56,32 +87,17 @@ impl Consensus {
             return outcome;
         }
         let need = self.majority(m.count_active(Role::Monitor, now));
-        let mut attested: BTreeMap<(CheckKey, String), (Proposal, BTreeSet<&str>)> =
-            BTreeMap::new();
-        for (replier, results) in replies {
-            if replier == &self.me || !m.is_active_monitor(replier, now) {
-                continue;
-            }
-            for f in results
-                .iter()
-                .filter(|f| f.passed && !f.proposal.id.is_empty())
-            {
-                let key = CheckKey::of(&f.proposal);
-                attested
-                    .entry((key, f.proposal.id.clone()))
-                    .or_insert_with(|| (f.proposal.clone(), BTreeSet::new()))
-                    .1
-                    .insert(replier.as_str());
-            }
-        }
-        for ((key, id), (proposal, by)) in attested {
+        let me = self.me.clone();
+        let attested = attested(replies, need, |r| r != me && m.is_active_monitor(r, now));
+        for proposal in attested {
+            let key = CheckKey::of(&proposal);
+            let id = proposal.id.clone();
             let newer_held = self.official.get(&key).is_some_and(|cur| {
                 cur.proposal.id == id
                     || (!cur.restored
                         && proposal.timestamp.instant() <= cur.proposal.timestamp.instant())
             });
-            if by.len() < need || !self.knows(&key) || self.already_decided(&id, true) || newer_held
-            {
+            if !self.knows(&key) || self.already_decided(&id, true) || newer_held {
                 outcome.skipped += 1;
                 continue;
             }

@@ -86,12 +86,12 @@ impl Node {
             .await
     }
 
-    /// Asks the other active monitors for their official results (waiting at most
-    /// `within` for their answers) and takes what a quorum of them attests.
-    pub async fn catch_up(&self, within: Duration) -> Result<SyncOutcome, BusError> {
-        if self.role() != Some(Role::Monitor) || self.inner.opts.security.mode().drops() {
-            return Ok(SyncOutcome::default());
-        }
+    /// Asks the other active monitors for their official results, waiting at most `within`
+    /// for their answers. Returns who was asked and what each answered.
+    pub(crate) async fn gather_official(
+        &self,
+        within: Duration,
+    ) -> Result<(BTreeSet<String>, BTreeMap<String, Vec<FinalizeMessage>>), BusError> {
         let me = self.inner.id.to_string();
         let expected: BTreeSet<String> = self.read_engine(|e, now| {
             e.membership()
@@ -102,8 +102,9 @@ impl Node {
                 .filter(|id| *id != me)
                 .collect()
         });
+        let mut replies: BTreeMap<String, Vec<FinalizeMessage>> = BTreeMap::new();
         if expected.is_empty() {
-            return Ok(SyncOutcome::default());
+            return Ok((expected, replies));
         }
         let inbox = format!("_INBOX.{me}.syncReply.{}", uuid::Uuid::new_v4().simple());
         let client = self.inner.conn.client();
@@ -117,7 +118,6 @@ impl Node {
             .conn
             .publish_request(SUBJECT, &inbox, Default::default(), Bytes::from(ask))
             .await?;
-        let mut replies: BTreeMap<String, Vec<FinalizeMessage>> = BTreeMap::new();
         let mut done: BTreeSet<String> = BTreeSet::new();
         let deadline = Instant::now() + within;
         while done.len() < expected.len() {
@@ -138,20 +138,68 @@ impl Node {
             replies.entry(part.node).or_default().extend(part.results);
         }
         let _ = sub.unsubscribe().await;
+        Ok((expected, replies))
+    }
+
+    /// The number of agreeing monitors a decision needs now (majority of the active ones,
+    /// floor included).
+    pub fn quorum_now(&self) -> usize {
+        self.inner
+            .opts
+            .core
+            .majority(self.count_active(Role::Monitor))
+    }
+
+    /// Asks the other active monitors for their official results (waiting at most
+    /// `within` for their answers) and takes what a quorum of them attests.
+    pub async fn catch_up(&self, within: Duration) -> Result<SyncOutcome, BusError> {
+        if self.role() != Some(Role::Monitor) || self.inner.opts.security.mode().drops() {
+            return Ok(SyncOutcome::default());
+        }
+        let (expected, replies) = self.gather_official(within).await?;
+        if expected.is_empty() {
+            return Ok(SyncOutcome::default());
+        }
         let (outcome, fx) = self.with_engine(|e, now| {
             e.apply_synced(&replies, now)
                 .unwrap_or((SyncOutcome::default(), Vec::new()))
         });
         self.run_effects(fx).await;
         tracing::info!(
-            node = %me,
+            node = %self.inner.id,
             asked = expected.len(),
-            answered = done.len(),
+            answered = replies.len(),
             applied = outcome.applied,
             skipped = outcome.skipped,
             "caught up from the other monitors"
         );
         Ok(outcome)
+    }
+
+    /// Waits (at most ~13 s) until `at_least` monitors are active and their number has
+    /// stopped growing: the others answer a join within moments, and a quorum counted
+    /// among the first few would be wrong. False when the node is stopping.
+    pub(crate) async fn monitors_settled(
+        &self,
+        at_least: usize,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let warm = self.wait_for_active(Role::Monitor, at_least, Duration::from_secs(10));
+        tokio::select! {
+            _ = warm => {}
+            _ = stop.changed() => return false,
+        }
+        for _ in 0..10 {
+            let before = self.count_active(Role::Monitor);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = stop.changed() => return false,
+            }
+            if self.count_active(Role::Monitor) == before {
+                break;
+            }
+        }
+        true
     }
 
     /// Catches up at start (once a peer is active), after every reconnect and every
@@ -160,22 +208,8 @@ impl Node {
         let mut stop = self.inner.shutdown.subscribe();
         let mut state = self.inner.conn.watch_state();
         let mut seen = state.borrow().reconnects;
-        let warm = self.wait_for_active(Role::Monitor, 2, Duration::from_secs(10));
-        tokio::select! {
-            _ = warm => {}
-            _ = stop.changed() => return,
-        }
-        // The others answer our join within moments: ask once their number stops growing,
-        // or the quorum would be counted among the first few (at most 3 s).
-        for _ in 0..10 {
-            let before = self.count_active(Role::Monitor);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-                _ = stop.changed() => return,
-            }
-            if self.count_active(Role::Monitor) == before {
-                break;
-            }
+        if !self.monitors_settled(2, &mut stop).await {
+            return;
         }
         let answer_within = Duration::from_secs(3);
         let _ = self.catch_up(answer_within).await;

@@ -5,6 +5,7 @@
 mod checks;
 mod collator;
 mod dns;
+pub mod gaps;
 mod geodns;
 mod monitor;
 mod writes;
