@@ -94,7 +94,14 @@ pub struct App {
 impl App {
     /// Starts a node with the system clock.
     pub async fn start(cfg: NodeConfig) -> Result<App, StartError> {
-        App::start_with(cfg, Arc::new(SystemClock::new()), None).await
+        if !cfg.clock_offset.is_zero() {
+            tracing::warn!(
+                offset_s = cfg.clock_offset.num_seconds(),
+                "IbpNode.testing.clock_offset: this node's clock is deliberately off (for fault tests only)"
+            );
+        }
+        let clock = SystemClock::with_offset(cfg.clock_offset);
+        App::start_with(cfg, Arc::new(clock), None).await
     }
 
     /// Starts a node. `ibp` gives fixed member/service lists (else they are loaded from

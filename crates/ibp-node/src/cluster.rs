@@ -52,6 +52,16 @@ impl SystemClock {
     }
 }
 
+impl SystemClock {
+    /// A clock running `offset` from the host's (fault tests: a stepped clock).
+    pub fn with_offset(offset: chrono::TimeDelta) -> SystemClock {
+        SystemClock {
+            start_wall: Utc::now() + offset,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
 impl Default for SystemClock {
     fn default() -> Self {
         SystemClock::new()
@@ -354,6 +364,11 @@ impl Node {
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// Signing and verification (mode, key, trust list, refused clocks).
+    pub fn security(&self) -> &Arc<crate::security::Security> {
+        &self.inner.opts.security
     }
 
     /// The node's health registry.

@@ -151,6 +151,17 @@ pub struct IbpSection {
     pub shutdown_grace: Option<String>,
     /// Fetching the member and service lists.
     pub lists: Option<ListsSection>,
+    /// For fault tests only.
+    pub testing: Option<TestingSection>,
+}
+
+/// Settings for fault tests; never for production.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingSection {
+    /// Runs the node's clock this far from the host's (`+10m`, `-10m`): a stepped clock
+    /// without touching the host's.
+    pub clock_offset: Option<String>,
 }
 
 /// Limits of the member/service list fetches.
@@ -627,6 +638,8 @@ pub struct NodeConfig {
     pub node_id_source: String,
     /// Where a derived node ID is kept (none when the ID is configured).
     pub node_id_file: Option<PathBuf>,
+    /// The node's clock offset from the host's (`IbpNode.testing.clock_offset`; tests).
+    pub clock_offset: chrono::TimeDelta,
     /// Where the settings a flag can give came from (`role`, `node_id`, `nats.servers`,
     /// `http`, `db`, `work_dir`, `dns.listen`): `--flag`, a file field, or `default`.
     pub sources: BTreeMap<&'static str, String>,
@@ -935,6 +948,20 @@ impl NodeConfig {
                 "must be at least flush_at_keys, which must be positive",
             ));
         }
+        let clock_offset = match ibp.testing.as_ref().and_then(|t| t.clock_offset.as_deref()) {
+            None => chrono::TimeDelta::zero(),
+            Some(text) => {
+                let t = text.trim();
+                let (sign, rest) = match t.strip_prefix('-') {
+                    Some(r) => (-1, r),
+                    None => (1, t.strip_prefix('+').unwrap_or(t)),
+                };
+                let d = duration("IbpNode.testing.clock_offset", rest)?;
+                chrono::TimeDelta::from_std(d)
+                    .map(|d| d * sign)
+                    .map_err(|e| cerr("IbpNode.testing.clock_offset", e.to_string()))?
+            }
+        };
         let lists = ibp.lists.clone().unwrap_or_default();
         let lists_timeout = duration("IbpNode.lists.timeout", &lists.timeout)?;
         if lists.max_bytes == 0 || lists_timeout.is_zero() {
@@ -985,6 +1012,7 @@ impl NodeConfig {
             lists_timeout,
             node_id_source: id_field,
             node_id_file,
+            clock_offset,
             sources,
             run_checks,
             checker,

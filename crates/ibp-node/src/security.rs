@@ -3,6 +3,7 @@
 //! a failed check. The rules are in `ibp-trust` (pure); here they meet headers, metrics,
 //! logs and the trust file.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -131,7 +132,13 @@ pub struct Security {
     trust: RwLock<Arc<TrustList>>,
     verifier: Mutex<Verifier>,
     log_gate: crate::connection::LogGate,
+    /// Trusted senders whose signatures were refused as outside `max_age`: the skew
+    /// (their signing time minus this node's clock, seconds) and when, for `/healthz`.
+    skews: Mutex<BTreeMap<String, (i64, DateTime<Utc>)>>,
 }
+
+/// How long a refused signature's clock skew is shown in `/healthz`.
+pub const SKEW_SHOWN: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +185,28 @@ impl Security {
             trust: RwLock::new(Arc::new(trust)),
             verifier: Mutex::new(Verifier::new(max_age, replay_memory)),
             log_gate: crate::connection::LogGate::new(),
+            skews: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Trusted senders refused in the last [`SKEW_SHOWN`] because their signatures were
+    /// too far from this node's clock, with the skew: a stepped clock, here or there.
+    pub fn clock_warnings(&self, now: DateTime<Utc>) -> Vec<String> {
+        let Ok(mut skews) = self.skews.lock() else {
+            return Vec::new();
+        };
+        let shown = chrono::TimeDelta::from_std(SKEW_SHOWN).unwrap_or(chrono::TimeDelta::MAX);
+        skews.retain(|_, (_, at)| now.signed_duration_since(*at) <= shown);
+        skews
+            .iter()
+            .map(|(who, (skew, _))| {
+                format!(
+                    "messages from {who} refused: signed {}s {} this node's clock (beyond max_age); one of the two clocks is wrong",
+                    skew.abs(),
+                    if *skew > 0 { "ahead of" } else { "behind" }
+                )
+            })
+            .collect()
     }
 
     /// The mode.
@@ -249,11 +277,28 @@ impl Security {
         payload: &[u8],
         now: DateTime<Utc>,
     ) -> bool {
-        self.check(metrics, subject, Some(claim), headers, |v, trust, h| {
+        let sender = claim.ids.first().map(|s| s.to_string());
+        let signed_at = sig_headers(headers).time.map(str::to_string);
+        let mut expired = false;
+        let ok = self.check(metrics, subject, Some(claim), headers, |v, trust, h| {
             let r = v.verify(trust, subject, payload, h, now);
             metrics.trust_replay_memory.set(v.remembered() as i64);
+            expired = matches!(r, Err(Reject::Expired));
             r
-        })
+        });
+        if expired
+            && let (Some(who), Some(t)) = (sender, signed_at)
+            && self.trust().knows_id(&who)
+            && let Ok(at) = DateTime::parse_from_rfc3339(&t)
+            && let Ok(mut skews) = self.skews.lock()
+        {
+            let skew = at
+                .with_timezone(&Utc)
+                .signed_duration_since(now)
+                .num_seconds();
+            skews.insert(who, (skew, now));
+        }
+        ok
     }
 
     /// Checks a live message that any trusted key may send, whatever its role (an

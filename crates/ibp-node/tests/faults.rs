@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{free_port, get, post, ready, signal, spawn};
@@ -921,4 +921,128 @@ async fn a_collator_restarted_with_jetstream_loses_and_doubles_nothing() {
         "nothing to report with JetStream"
     );
     println!("restarted with JetStream: d1 recorded from the stream, d0 closed, each once");
+}
+
+/// Five monitors, monitor-4's clock stepped back 10 minutes and monitor-5's forward 10
+/// (`IbpNode.testing.clock_offset`); `security` holds each monitor's `IbpNode.security`.
+async fn stepped_clocks(security: impl Fn(&str) -> Value) -> World {
+    let cluster = NatsCluster::start(ServerOptions::default()).expect("cluster");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut monitors = Vec::new();
+    for (i, home) in [0, 1, 2, 0, 1].into_iter().enumerate() {
+        let id = format!("monitor-{}", i + 1);
+        let mut extra = json!({"security": security(&id)});
+        match i {
+            3 => extra["testing"] = json!({"clock_offset": "-10m"}),
+            4 => extra["testing"] = json!({"clock_offset": "+10m"}),
+            _ => {}
+        }
+        monitors.push(start_with("monitor", &id, &cluster, home, dir.path(), &extra).await);
+    }
+    World {
+        cluster,
+        partition: None,
+        monitors,
+        collator: None,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stepped_clocks_in_off_mode_apply_no_decision_out_of_order() {
+    let w = stepped_clocks(|_| json!({})).await;
+    let ms = w.ms();
+    for m in &ms {
+        wait("5 active monitors", SETTLE, async || {
+            active_monitors(&m.proc.http).await == 5
+        })
+        .await;
+    }
+    // Down, proposed by the monitor 10 minutes ahead ...
+    post_all(&ms[4..5], &batch(0..1, false)).await;
+    post_all(&ms[..2], &batch(0..1, false)).await;
+    all_decided(&ms, 0..1, false, SETTLE).await;
+    // ... then up, proposed by the one 10 minutes behind: 20 minutes "older" by the
+    // proposers' clocks, and still the newer decision.
+    post_all(&ms[3..4], &batch(0..1, true)).await;
+    post_all(&ms[..2], &batch(0..1, true)).await;
+    all_decided(&ms, 0..1, true, SETTLE).await;
+    let first = official(&ms[0].proc.http).await;
+    for m in &ms[1..] {
+        assert_eq!(official(&m.proc.http).await, first, "{}", m.proc.id);
+    }
+    println!(
+        "clocks -10 min / +10 min, off mode: the later decision (online) applied on all 5, same official state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stepped_clocks_in_enforce_mode_are_refused_and_reported() {
+    let keys: Vec<(String, ibp_trust::Identity)> = (1..=5)
+        .map(|i| (format!("monitor-{i}"), ibp_trust::Identity::generate()))
+        .collect();
+    let seeds = tempfile::tempdir().expect("seeds");
+    let trust: Vec<Value> = keys
+        .iter()
+        .map(|(id, k)| json!({"public_key": k.public_key(), "node_id": id, "role": "IBPMonitor"}))
+        .collect();
+    let files: BTreeMap<String, String> = keys
+        .iter()
+        .map(|(id, k)| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = seeds.path().join(format!("{id}.nk"));
+            std::fs::write(&p, k.seed().expect("seed")).expect("seed file");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("mode");
+            (id.clone(), p.display().to_string())
+        })
+        .collect();
+    let w = stepped_clocks(
+        |id| json!({"mode": "enforce", "seed_file": files[id], "trust": trust, "max_age": "2m"}),
+    )
+    .await;
+    let ms = w.ms();
+    // Monitors 1-3 agree with each other; 4 and 5 are 10 minutes off everyone.
+    for m in &ms[..3] {
+        wait("3 monitors with a right clock", SETTLE, async || {
+            active_monitors(&m.proc.http).await == 3
+        })
+        .await;
+    }
+    post_all(&ms[..3], &batch(0..1, false)).await;
+    all_decided(&ms[..3], 0..1, false, SETTLE).await;
+    let h = &ms[0].proc.http;
+    wait("monitor-5's messages refused as expired", SETTLE, async || {
+        metric(
+            h,
+            "ibp_trust_rejections_total{subject=\"consensus.cluster\",reason=\"expired\",sender=\"monitor-5\"}",
+        )
+        .await
+        .is_some_and(|n| n > 0.0)
+    })
+    .await;
+    let (_, health) = get(h, "/healthz").await;
+    let warnings = health["warnings"].to_string();
+    assert!(
+        warnings.contains("monitor-5") && warnings.contains("ahead of"),
+        "{health}"
+    );
+    assert!(
+        warnings.contains("monitor-4") && warnings.contains("behind"),
+        "{health}"
+    );
+    let (_, own) = get(&ms[4].proc.http, "/healthz").await;
+    assert!(
+        own["warnings"].to_string().contains("monitor-1"),
+        "the stepped monitor sees it too: {own}"
+    );
+    let log = common::log_of(&ms[0].proc.child);
+    assert!(log.contains("expired"), "logged:\n{log}");
+    assert_eq!(
+        official(&ms[4].proc.http).await.get("d0.test"),
+        None,
+        "the stepped monitor took nothing it could not verify"
+    );
+    println!(
+        "enforce: monitors 4 (-10 min) and 5 (+10 min) refused as expired (metric, log, /healthz warnings); monitors 1-3 decided"
+    );
 }

@@ -211,6 +211,8 @@ async fn healthz(State(s): State<AppState>) -> Response {
             "server": s.node.connection().state().server,
             "version": env!("CARGO_PKG_VERSION"),
             "problems": problems,
+            // Not failures of this node, but what an operator must look at.
+            "warnings": s.node.security().clock_warnings(s.node.now()),
         })),
     )
         .into_response()
