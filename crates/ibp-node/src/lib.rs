@@ -12,6 +12,7 @@
 //! * [`dns_listener`] — the built-in DNS listener answering from [`roles::GeoDnsService`].
 //! * [`security`] — signing and verifying consensus messages (`ibp-trust`), by mode.
 pub mod app;
+pub mod bench;
 pub mod cluster;
 pub mod collectors;
 pub mod commands;

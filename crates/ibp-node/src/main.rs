@@ -51,6 +51,9 @@ enum Command {
     /// The monthly SLA report (downtime and availability per member and service) from a
     /// collator's database, as a table, JSON or CSV.
     Sla(SlaArgs),
+    /// Benchmark on this machine (own nats-server and nodes, loopback): decision latency,
+    /// burst drain, messages/s, fan-out, memory, CPU; prints JSON.
+    Bench(BenchArgs),
     /// Create a node key (an NKey user seed, mode 0600) and print its public key last.
     Keygen(KeygenArgs),
     /// Print a nats-server `authorization` block with one user per role and exactly the
@@ -115,6 +118,16 @@ async fn sla(a: SlaArgs) -> Result<()> {
         print!("{}", ibp_node::commands::sla::table(&report));
     }
     Ok(())
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Smaller sizes (about a minute): what CI runs.
+    #[arg(long)]
+    quick: bool,
+    /// The nats-server binary (default: NATS_SERVER_BIN, else the PATH).
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -631,6 +644,17 @@ fn main() -> ExitCode {
             Command::Check(a) => check(a).await,
             Command::Keygen(a) => ok(keygen(a)),
             Command::Sla(a) => ok(sla(a).await),
+            Command::Bench(a) => {
+                init_logs(None, "warn");
+                let report = ibp_node::bench::run(ibp_node::bench::BenchOptions {
+                    quick: a.quick,
+                    nats_server: a.nats_server,
+                })
+                .await
+                .map_err(|e| anyhow!(e))?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(ExitCode::SUCCESS)
+            }
             Command::NatsPermissions => {
                 use ibp_node::nats_permissions::{User, authorization};
                 let users: Vec<User> = ibp_wire::Role::ALL

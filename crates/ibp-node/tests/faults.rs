@@ -217,17 +217,24 @@ struct World {
 
 impl World {
     async fn start(homes: &[usize], collator: bool, consensus: Value, split: bool) -> World {
+        World::start_full(homes, collator, consensus, split, ServerOptions::default()).await
+    }
+
+    async fn start_full(
+        homes: &[usize],
+        collator: bool,
+        consensus: Value,
+        split: bool,
+        server: ServerOptions,
+    ) -> World {
         let dir = tempfile::tempdir().expect("dir");
         let (cluster, partition) = if split {
-            let (c, p) = NatsCluster::start_partitionable(ServerOptions::default())
+            let (c, p) = NatsCluster::start_partitionable(server)
                 .await
                 .expect("cluster");
             (c, Some(p))
         } else {
-            (
-                NatsCluster::start(ServerOptions::default()).expect("cluster"),
-                None,
-            )
+            (NatsCluster::start(server).expect("cluster"), None)
         };
         let mut monitors = Vec::new();
         for (i, home) in homes.iter().enumerate() {
@@ -1044,5 +1051,64 @@ async fn stepped_clocks_in_enforce_mode_are_refused_and_reported() {
     );
     println!(
         "enforce: monitors 4 (-10 min) and 5 (+10 min) refused as expired (metric, log, /healthz warnings); monitors 1-3 decided"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_cut_off_as_a_slow_consumer_reconnects_and_reconciles() {
+    // Tight server limits: a client that does not read 128 KB within a second is cut off.
+    let server = ServerOptions {
+        max_payload: Some(64 << 10),
+        max_pending: Some(128 << 10),
+        extra: "write_deadline: \"1s\"\n".into(),
+        ..ServerOptions::default()
+    };
+    let w = World::start_full(&[0, 1, 2, 0, 1], false, json!({}), false, server).await;
+    let ms = w.ms();
+    let slow = ms[4];
+    let reconnects = async || {
+        metric(&slow.proc.http, "ibp_nats_reconnects_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    let before = reconnects().await;
+    // Its handlers stop (SIGSTOP) while a burst of 1,000 decisions floods its connection.
+    signal(&slow.proc.child, libc_sigstop());
+    post_all(&ms[..4], &batch(0..1000, false)).await;
+    all_decided(&ms[..4], 0..1000, false, SETTLE).await;
+    let server_home = slow.home;
+    wait(
+        "the server cuts the slow consumer off",
+        SETTLE,
+        async || w.cluster.slow_consumers(server_home).is_some_and(|n| n > 0),
+    )
+    .await;
+    println!(
+        "monitor-5 stalled under a burst of 1,000 decisions; server {server_home} cut it off as a slow consumer"
+    );
+    signal(&slow.proc.child, libc_sigcont());
+    let resumed = chrono::Utc::now();
+    wait("monitor-5 reconnects", SETTLE, async || {
+        reconnects().await > before
+    })
+    .await;
+    // Re-announced: the others hear it again after it resumed.
+    wait("monitor-1 hears monitor-5 again", SETTLE, async || {
+        get(&ms[0].proc.http, "/v1/cluster").await.1["nodes"]
+            .as_array()
+            .is_some_and(|n| {
+                n.iter().any(|x| {
+                    x["nodeId"] == "monitor-5"
+                        && x["lastHeard"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .is_some_and(|t| t > resumed)
+                })
+            })
+    })
+    .await;
+    all_decided(&[slow], 0..1000, false, SETTLE).await;
+    println!(
+        "monitor-5 reconnected, re-announced and caught up: 1,000 official results, nothing lost"
     );
 }

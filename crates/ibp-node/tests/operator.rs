@@ -483,3 +483,43 @@ fn check_config_prints_every_effective_setting_with_its_source() {
         assert!(!human.contains(secret), "{secret} printed: {human}");
     }
 }
+
+/// Issue #14: `ibp-node bench` starts its own nats-server and nodes and prints JSON with
+/// every figure (the figures themselves belong to BENCHMARKS.md, not to a test).
+#[test]
+fn the_bench_command_prints_every_figure_as_json() {
+    let out = Command::new(common::BIN)
+        .args(["bench", "--quick"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let lat = r["decisionLatency"].as_array().expect("latency");
+    assert_eq!(
+        lat.iter()
+            .map(|l| l["monitors"].as_u64())
+            .collect::<Vec<_>>(),
+        [Some(3), Some(5), Some(9)]
+    );
+    for l in lat {
+        for k in ["p50Ms", "p90Ms", "p99Ms", "maxMs"] {
+            assert!(l[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {l}");
+        }
+    }
+    for b in r["burst"].as_array().expect("burst") {
+        assert_eq!(b["complete"], true, "{b}");
+        assert_eq!(b["lost"], 0, "{b}");
+        assert!(b["messagesPerS"].as_f64().is_some_and(|v| v > 0.0), "{b}");
+        assert!(b["cpuSPer1000Decisions"].as_f64().is_some(), "{b}");
+    }
+    for f in r["fanout"].as_array().expect("fanout") {
+        assert_eq!(f["complete"], true, "{f}");
+        assert_eq!(f["records"], 100_000, "{f}");
+    }
+    assert!(r["rssMb"]["peak"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+}

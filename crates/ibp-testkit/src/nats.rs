@@ -523,6 +523,11 @@ impl NatsCluster {
         self.servers.get(i)?.monitor("/routez").ok()?["num_routes"].as_u64()
     }
 
+    /// Clients server `i` has cut off as slow consumers so far.
+    pub fn slow_consumers(&self, i: usize) -> Option<u64> {
+        self.servers.get(i)?.monitor("/varz").ok()?["slow_consumers"].as_u64()
+    }
+
     /// Comma-separated client URLs of all servers.
     pub fn urls(&self) -> String {
         self.servers

@@ -20,7 +20,7 @@ use crate::connection::{BusError, Concurrency, SubscriptionHandle};
 /// The request subject.
 pub const SUBJECT: &str = "ibp.ext.sync.official";
 
-/// Results per reply message (each well under the default `max_payload`).
+/// Most results per reply message (parts also stay under half the server's `max_payload`).
 const CHUNK: usize = 200;
 
 /// A request: who asks (a node never answers itself).
@@ -57,15 +57,27 @@ impl Node {
                         return;
                     }
                     let all = node.read_engine(|e, _| e.sync_snapshot());
-                    let mut chunks: Vec<&[FinalizeMessage]> = all.chunks(CHUNK).collect();
-                    if chunks.is_empty() {
-                        chunks.push(&[]);
+                    // Parts of at most CHUNK results and half the server's max_payload.
+                    let budget = (node.inner.conn.max_payload() / 2).max(4096);
+                    let mut parts: Vec<Vec<FinalizeMessage>> = vec![Vec::new()];
+                    let mut size = 0;
+                    for f in all {
+                        let len = serde_json::to_vec(&f).map_or(0, |b| b.len()) + 1;
+                        let cur = parts.last().map_or(0, Vec::len);
+                        if cur > 0 && (cur >= CHUNK || size + len > budget) {
+                            parts.push(Vec::new());
+                            size = 0;
+                        }
+                        size += len;
+                        if let Some(p) = parts.last_mut() {
+                            p.push(f);
+                        }
                     }
-                    let n = chunks.len();
-                    for (i, c) in chunks.into_iter().enumerate() {
+                    let n = parts.len();
+                    for (i, results) in parts.into_iter().enumerate() {
                         let part = Part {
                             node: me.clone(),
-                            results: c.to_vec(),
+                            results,
                             last: i + 1 == n,
                         };
                         let Ok(bytes) = serde_json::to_vec(&part) else {

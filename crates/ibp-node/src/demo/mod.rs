@@ -59,7 +59,7 @@ impl Clock0 {
     }
 }
 
-fn find_nats(explicit: &Option<PathBuf>) -> Result<PathBuf, String> {
+pub(crate) fn find_nats(explicit: &Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(p) = explicit {
         return if p.is_file() {
             Ok(p.clone())
@@ -81,9 +81,9 @@ fn find_nats(explicit: &Option<PathBuf>) -> Result<PathBuf, String> {
         .ok_or_else(|| "nats-server not found. Install it (sudo apt-get install nats-server) or run ./run demo, which installs it.".to_string())
 }
 
-struct NatsChild {
-    child: Child,
-    port: u16,
+pub(crate) struct NatsChild {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Drop for NatsChild {
@@ -93,7 +93,7 @@ impl Drop for NatsChild {
     }
 }
 
-fn start_nats(bin: &PathBuf, dir: &std::path::Path) -> Result<NatsChild, String> {
+pub(crate) fn start_nats(bin: &PathBuf, dir: &std::path::Path) -> Result<NatsChild, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
