@@ -10,6 +10,7 @@
 //! * usage fan-out: 10 and 50 DNS nodes with 10,000 records each answer one request;
 //! * resident memory idle (nodes up, no load) and at the peak.
 //!
+//! The server runs with production's `max_payload` (8 MB) and a `max_pending` of 512 MB.
 //! `--quick` runs smaller sizes (what CI runs); the full run is what BENCHMARKS.md records.
 
 use std::path::PathBuf;
@@ -319,7 +320,13 @@ async fn fanout(
 pub async fn run(o: BenchOptions) -> Result<Value, String> {
     let bin = crate::demo::find_nats(&o.nats_server)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let nats = crate::demo::start_nats(&bin, dir.path())?;
+    // Production's max_payload; room for 50 usage replies of ~2 MB arriving at once (the
+    // default max_pending, 64 MB, cuts the requesting collator off as a slow consumer).
+    let nats = crate::demo::start_nats_with(
+        &bin,
+        dir.path(),
+        "max_payload: 8388608\nmax_pending: 536870912\n",
+    )?;
     let url = format!("nats://127.0.0.1:{}", nats.port);
     let pid = nats.child.id();
     let started = Instant::now();

@@ -94,11 +94,26 @@ impl Drop for NatsChild {
 }
 
 pub(crate) fn start_nats(bin: &PathBuf, dir: &std::path::Path) -> Result<NatsChild, String> {
+    start_nats_with(bin, dir, "")
+}
+
+/// [`start_nats`] with extra server configuration (`max_payload: …`).
+pub(crate) fn start_nats_with(
+    bin: &PathBuf,
+    dir: &std::path::Path,
+    conf: &str,
+) -> Result<NatsChild, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
         .port();
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if !conf.is_empty() {
+        let path = dir.join("nats-server.conf");
+        std::fs::write(&path, conf).map_err(|e| format!("{}: {e}", path.display()))?;
+        cmd.arg("-c").arg(path);
+    }
+    let mut child = cmd
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir.join("jetstream"))
         .stdin(Stdio::null())
