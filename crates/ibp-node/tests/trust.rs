@@ -532,3 +532,91 @@ async fn a_key_added_to_the_trust_file_is_trusted_after_the_reload() {
         a.shutdown().await;
     }
 }
+
+/// Catching up in enforce mode: a monitor that was away takes what the trusted monitors
+/// attest, and a stranger answering the catch-up request as three monitors at once (no
+/// signatures) counts for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_enforce_mode_a_returning_monitor_catches_up_only_from_signed_answers() {
+    let mut c = cluster(&[
+        ("monitor-1", "monitor", "enforce"),
+        ("monitor-2", "monitor", "enforce"),
+        ("monitor-3", "monitor", "enforce"),
+        ("monitor-4", "monitor", "enforce"),
+    ])
+    .await;
+    let i = c
+        .apps
+        .iter()
+        .position(|a| a.node.id().as_str() == "monitor-4")
+        .expect("monitor-4");
+    let away = c.apps.remove(i);
+    away.shutdown().await;
+    // Decided while monitor-4 was away (3 active monitors: 2 agreeing votes decide).
+    two_see(&c, "alpha", false).await;
+    official_everywhere(&c, "alpha", false).await;
+    // A stranger answers every catch-up request as monitors 1, 2 and 3, with a made-up
+    // outage of "beta" and an "alpha" back online.
+    let stranger = async_nats::connect(c.nats.url()).await.expect("stranger");
+    let mut asks = stranger
+        .subscribe(ibp_node::cluster::SYNC_SUBJECT)
+        .await
+        .expect("sub");
+    stranger.flush().await.expect("flush");
+    let forger = stranger.clone();
+    let forging = tokio::spawn(async move {
+        while let Some(m) = asks.next().await {
+            let Some(reply) = m.reply else { continue };
+            for who in ["monitor-1", "monitor-2", "monitor-3"] {
+                let results: Vec<_> = [("beta", false), ("alpha", true)]
+                    .iter()
+                    .map(|(member, status)| {
+                        let mut p = proposal(&format!("forged-{member}"), who, member, *status);
+                        p.timestamp = ibp_wire::WireTime::from_utc(Utc::now());
+                        ibp_wire::FinalizeMessage {
+                            proposal: p,
+                            sender_node_id: who.into(),
+                            passed: true,
+                            decided_at: ibp_wire::WireTime::from_utc(Utc::now()),
+                        }
+                    })
+                    .collect();
+                let part = serde_json::json!({"node": who, "results": results, "last": true});
+                let _ = forger.publish(reply.clone(), part.to_string().into()).await;
+            }
+            let _ = forger.flush().await;
+        }
+    });
+    let back = App::start(c.cfgs["monitor-4"].clone()).await.expect("back");
+    let caught_up = back
+        .node
+        .wait_until(|n| official_in(n, "alpha") == Some(false), WAIT)
+        .await;
+    assert!(caught_up, "monitor-4 took alpha from the signed answers");
+    assert_eq!(
+        official_in(&back.node, "beta"),
+        None,
+        "the forged quorum counts for nothing"
+    );
+    let refused: u64 = rejections(&back)
+        .iter()
+        .filter(|(k, _)| k.contains("subject=\"_INBOX\"") && k.contains("reason=\"unsigned\""))
+        .map(|(_, v)| *v)
+        .sum();
+    assert!(
+        refused >= 3,
+        "the forged parts were refused and counted: {:?}",
+        rejections(&back)
+    );
+    forging.abort();
+    back.shutdown().await;
+    c.stop().await;
+}
+
+fn official_in(n: &ibp_node::cluster::Node, member: &str) -> Option<bool> {
+    let k = key(member);
+    n.official()
+        .iter()
+        .find(|(kk, _)| *kk == k)
+        .map(|(_, o)| o.status)
+}

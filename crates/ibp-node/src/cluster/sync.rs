@@ -2,8 +2,9 @@
 //! serve nor ask): a monitor asks the other monitors for their official results at start,
 //! after every reconnect and every `IbpNode.monitor.sync_interval`, and takes a result
 //! only when as many active monitors as a decision needs report the very same decision
-//! (`ibp_core::consensus::sync`). In `enforce` mode the replies, which are not signed, are
-//! not used: there a node learns only from decisions it can verify.
+//! (`ibp_core::consensus::sync`). Answers are signed like consensus messages; in `enforce`
+//! mode only parts signed by the trusted key of the monitor they name count (in `verify`
+//! mode failures are counted and logged), so no stranger can pose as a quorum.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -83,13 +84,28 @@ impl Node {
                         let Ok(bytes) = serde_json::to_vec(&part) else {
                             return;
                         };
-                        if node
-                            .inner
-                            .conn
-                            .publish_bytes(reply.as_str(), Bytes::from(bytes))
-                            .await
-                            .is_err()
-                        {
+                        // Signed like every consensus message: in enforce mode the asker
+                        // counts only parts its trust list vouches for.
+                        let signed =
+                            node.inner
+                                .opts
+                                .security
+                                .sign(reply.as_str(), &bytes, node.now());
+                        let sent = match signed {
+                            Some(h) => {
+                                node.inner
+                                    .conn
+                                    .publish_with_headers(reply.as_str(), h, Bytes::from(bytes))
+                                    .await
+                            }
+                            None => {
+                                node.inner
+                                    .conn
+                                    .publish_bytes(reply.as_str(), Bytes::from(bytes))
+                                    .await
+                            }
+                        };
+                        if sent.is_err() {
                             return;
                         }
                     }
@@ -144,6 +160,21 @@ impl Node {
             if !expected.contains(&part.node) || done.contains(&part.node) {
                 continue;
             }
+            let sec = &self.inner.opts.security;
+            let claim = crate::security::Claim {
+                ids: vec![part.node.as_str()],
+                role: Some(Role::Monitor),
+            };
+            if !sec.admit(
+                &self.inner.metrics,
+                msg.subject.as_str(),
+                claim,
+                msg.headers.as_ref(),
+                &msg.payload,
+                self.now(),
+            ) {
+                continue;
+            }
             if part.last {
                 done.insert(part.node.clone());
             }
@@ -165,7 +196,7 @@ impl Node {
     /// Asks the other active monitors for their official results (waiting at most
     /// `within` for their answers) and takes what a quorum of them attests.
     pub async fn catch_up(&self, within: Duration) -> Result<SyncOutcome, BusError> {
-        if self.role() != Some(Role::Monitor) || self.inner.opts.security.mode().drops() {
+        if self.role() != Some(Role::Monitor) {
             return Ok(SyncOutcome::default());
         }
         let (expected, replies) = self.gather_official(within).await?;
