@@ -24,6 +24,17 @@ pub const SUBJECT: &str = "ibp.ext.sync.official";
 /// Most results per reply message (parts also stay under half the server's `max_payload`).
 const CHUNK: usize = 200;
 
+/// What one catch-up did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Active monitors asked.
+    pub asked: usize,
+    /// Monitors that answered (completely or in part) within the wait.
+    pub answered: usize,
+    /// What was taken.
+    pub outcome: SyncOutcome,
+}
+
 /// A request: who asks (a node never answers itself).
 #[derive(Debug, Serialize, Deserialize)]
 struct Ask {
@@ -195,13 +206,13 @@ impl Node {
 
     /// Asks the other active monitors for their official results (waiting at most
     /// `within` for their answers) and takes what a quorum of them attests.
-    pub async fn catch_up(&self, within: Duration) -> Result<SyncOutcome, BusError> {
+    pub async fn catch_up(&self, within: Duration) -> Result<CatchUp, BusError> {
         if self.role() != Some(Role::Monitor) {
-            return Ok(SyncOutcome::default());
+            return Ok(CatchUp::default());
         }
         let (expected, replies) = self.gather_official(within).await?;
         if expected.is_empty() {
-            return Ok(SyncOutcome::default());
+            return Ok(CatchUp::default());
         }
         let (outcome, fx) = self.with_engine(|e, now| {
             e.apply_synced(&replies, now)
@@ -216,7 +227,11 @@ impl Node {
             skipped = outcome.skipped,
             "caught up from the other monitors"
         );
-        Ok(outcome)
+        Ok(CatchUp {
+            asked: expected.len(),
+            answered: replies.len(),
+            outcome,
+        })
     }
 
     /// Waits (at most ~13 s) until `at_least` monitors are active and their number has
@@ -246,7 +261,8 @@ impl Node {
     }
 
     /// Catches up at start (once a peer is active), after every reconnect and every
-    /// `every` (zero: only at start and after reconnects).
+    /// `every` (zero: only at start and after reconnects); an attempt some monitor did not
+    /// answer is retried sooner (1 s, doubling), as a loaded cluster answers late.
     pub(crate) async fn sync_loop(self, every: Duration) {
         let mut stop = self.inner.shutdown.subscribe();
         let mut state = self.inner.conn.watch_state();
@@ -254,27 +270,43 @@ impl Node {
         if !self.monitors_settled(2, &mut stop).await {
             return;
         }
-        let answer_within = Duration::from_secs(3);
-        let _ = self.catch_up(answer_within).await;
+        let answer_within = Duration::from_secs(5);
         let period = if every.is_zero() {
             Duration::from_secs(365 * 24 * 3600)
         } else {
             every
         };
-        let mut tick = tokio::time::interval(period);
-        tick.tick().await;
+        let first_retry = Duration::from_secs(1);
+        let mut retry = first_retry;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = state.changed() => {
-                    if r.is_err() { break; }
-                    let n = state.borrow().reconnects;
-                    if n <= seen { continue; }
-                    seen = n;
+            let complete = self
+                .catch_up(answer_within)
+                .await
+                .is_ok_and(|c| c.answered >= c.asked);
+            let wait = if complete {
+                retry = first_retry;
+                period
+            } else {
+                let w = retry;
+                retry = (retry * 2).min(period);
+                w.min(period)
+            };
+            // Until the wait is over or the connection comes back after a loss.
+            let next = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    r = state.changed() => {
+                        if r.is_err() { return; }
+                        let n = state.borrow().reconnects;
+                        if n > seen {
+                            seen = n;
+                            break;
+                        }
+                    }
+                    _ = stop.changed() => return,
                 }
-                _ = stop.changed() => break,
             }
-            let _ = self.catch_up(answer_within).await;
         }
     }
 }

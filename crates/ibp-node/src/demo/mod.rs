@@ -670,10 +670,13 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             "  curl -s -XPOST http://{}/v1/observations -d '{{\"checkType\":\"site\",\"checkName\":\"ping\",\"memberName\":\"{member}\",\"isIPv6\":false,\"status\":false}}'",
             apps[0].http_addr
         );
-        println!("Ctrl-C (or SIGTERM) to stop.");
-        // SIGTERM too (systemd, `kill`): the work directory is removed either way.
+        // SIGTERM too (systemd, `kill`): the work directory is removed either way. The
+        // handler is in place before the line that invites the signal.
         #[cfg(unix)]
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        println!("Ctrl-C (or SIGTERM) to stop.");
+        #[cfg(unix)]
+        match term {
             Ok(mut term) => {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
