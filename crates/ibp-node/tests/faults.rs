@@ -4,14 +4,16 @@
 //! TCP level; monitors stalled. Every scenario checks its outcome through the HTTP API, is
 //! bounded in time, cleans up after itself and prints what it checked.
 //!
-//! Run alone: `cargo test -p ibp-node --test faults -- --nocapture --test-threads 1`.
+//! Run alone: `cargo test -p ibp-node --test faults -- --nocapture --test-threads 1`; with
+//! `IBP_FAULTS_LOG=info` the nodes log more (their logs are in the system temp directory,
+//! `ibp-node-test-*.log`).
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{free_port, get, post, ready, signal, spawn};
+use common::{free_port, get, post, ready, signal};
 use ibp_testkit::{NatsCluster, Partition, ServerOptions};
 use serde_json::{Value, json};
 
@@ -88,23 +90,27 @@ async fn start_with(
     let work = dir.join(id);
     std::fs::create_dir_all(&work).expect("work dir");
     let nats = urls(cluster, home);
-    let mut child = spawn(&[
-        "run",
-        "--config",
-        cfg.to_str().expect("utf-8"),
-        "--role",
-        role,
-        "--node-id",
-        id,
-        "--nats-url",
-        &nats,
-        "--http",
-        &http,
-        "--db",
-        &db,
-        "--work-dir",
-        work.to_str().expect("utf-8"),
-    ]);
+    let level = std::env::var("IBP_FAULTS_LOG").unwrap_or_else(|_| "warn".into());
+    let mut child = common::spawn_env(
+        &[
+            "run",
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "--role",
+            role,
+            "--node-id",
+            id,
+            "--nats-url",
+            &nats,
+            "--http",
+            &http,
+            "--db",
+            &db,
+            "--work-dir",
+            work.to_str().expect("utf-8"),
+        ],
+        &[("RUST_LOG", level.as_str())],
+    );
     ready(&http, &mut child).await;
     Node {
         proc: common::Proc {

@@ -260,9 +260,10 @@ impl Node {
         true
     }
 
-    /// Catches up at start (once a peer is active), after every reconnect and every
-    /// `every` (zero: only at start and after reconnects); an attempt some monitor did not
-    /// answer is retried sooner (1 s, doubling), as a loaded cluster answers late.
+    /// Catches up at start (once a peer is active), after every reconnect, whenever more
+    /// monitors are active than at the last attempt, and every `every` (zero: not
+    /// periodically); an attempt some monitor did not answer is retried sooner (1 s,
+    /// doubling), as a loaded cluster answers late.
     pub(crate) async fn sync_loop(self, every: Duration) {
         let mut stop = self.inner.shutdown.subscribe();
         let mut state = self.inner.conn.watch_state();
@@ -278,7 +279,11 @@ impl Node {
         };
         let first_retry = Duration::from_secs(1);
         let mut retry = first_retry;
+        let mut inputs = self.inner.changed.subscribe();
         loop {
+            // More active monitors than at this attempt (a late answer to our join, a
+            // healed split) ask again: a quorum counted among fewer may have taken nothing.
+            let known = self.count_active(Role::Monitor);
             let complete = self
                 .catch_up(answer_within)
                 .await
@@ -301,6 +306,17 @@ impl Node {
                         let n = state.borrow().reconnects;
                         if n > seen {
                             seen = n;
+                            break;
+                        }
+                    }
+                    r = inputs.changed() => {
+                        if r.is_err() { return; }
+                        if self.count_active(Role::Monitor) > known {
+                            // Let the rest of a burst of joins arrive too.
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                                _ = stop.changed() => return,
+                            }
                             break;
                         }
                     }
