@@ -432,7 +432,23 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts a 3-server cluster and waits until every server has routes to the others.
+    /// A port another process took between choosing and binding it is retried (5 times).
     pub fn start(opts: ServerOptions) -> Result<NatsCluster, HarnessError> {
+        let mut attempt = 0;
+        loop {
+            match NatsCluster::start_once(&opts) {
+                Err(e) if attempt < 5 && NatsCluster::retryable(&e) => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn retryable(e: &HarnessError) -> bool {
+        matches!(e, HarnessError::NotReady { reason, .. } if reason.contains("exited"))
+    }
+
+    fn start_once(opts: &ServerOptions) -> Result<NatsCluster, HarnessError> {
+        let opts = opts.clone();
         let n = 3;
         let cluster_ports = free_ports(n)?;
         let mut servers = Vec::new();

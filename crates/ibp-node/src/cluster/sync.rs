@@ -29,10 +29,20 @@ const CHUNK: usize = 200;
 pub struct CatchUp {
     /// Active monitors asked.
     pub asked: usize,
-    /// Monitors that answered (completely or in part) within the wait.
+    /// Monitors whose whole answer arrived within the wait.
     pub answered: usize,
     /// What was taken.
     pub outcome: SyncOutcome,
+}
+
+/// What a catch-up request brought back.
+pub(crate) struct Gathered {
+    /// The active monitors asked.
+    pub(crate) asked: BTreeSet<String>,
+    /// What each answered (all parts that arrived).
+    pub(crate) replies: BTreeMap<String, Vec<FinalizeMessage>>,
+    /// How many answered completely.
+    pub(crate) complete: usize,
 }
 
 /// A request: who asks (a node never answers itself).
@@ -126,11 +136,9 @@ impl Node {
     }
 
     /// Asks the other active monitors for their official results, waiting at most `within`
-    /// for their answers. Returns who was asked and what each answered.
-    pub(crate) async fn gather_official(
-        &self,
-        within: Duration,
-    ) -> Result<(BTreeSet<String>, BTreeMap<String, Vec<FinalizeMessage>>), BusError> {
+    /// for each next part (a minute in all). Returns who was asked, what each answered, and
+    /// how many answered completely (their last part arrived).
+    pub(crate) async fn gather_official(&self, within: Duration) -> Result<Gathered, BusError> {
         let me = self.inner.id.to_string();
         let expected: BTreeSet<String> = self.read_engine(|e, now| {
             e.membership()
@@ -143,7 +151,11 @@ impl Node {
         });
         let mut replies: BTreeMap<String, Vec<FinalizeMessage>> = BTreeMap::new();
         if expected.is_empty() {
-            return Ok((expected, replies));
+            return Ok(Gathered {
+                asked: expected,
+                replies,
+                complete: 0,
+            });
         }
         let inbox = format!("_INBOX.{me}.syncReply.{}", uuid::Uuid::new_v4().simple());
         let client = self.inner.conn.client();
@@ -158,9 +170,11 @@ impl Node {
             .publish_request(SUBJECT, &inbox, Default::default(), Bytes::from(ask))
             .await?;
         let mut done: BTreeSet<String> = BTreeSet::new();
-        let deadline = Instant::now() + within;
+        // Wait `within` for the next part, however long the whole answer takes (large
+        // official sets on a loaded cluster), but never more than a minute in all.
+        let cap = Instant::now() + Duration::from_secs(60);
         while done.len() < expected.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = within.min(cap.saturating_duration_since(Instant::now()));
             let Ok(Some(msg)) = tokio::time::timeout(left, sub.next()).await else {
                 break;
             };
@@ -192,7 +206,11 @@ impl Node {
             replies.entry(part.node).or_default().extend(part.results);
         }
         let _ = sub.unsubscribe().await;
-        Ok((expected, replies))
+        Ok(Gathered {
+            asked: expected,
+            replies,
+            complete: done.len(),
+        })
     }
 
     /// The number of agreeing monitors a decision needs now (majority of the active ones,
@@ -210,26 +228,26 @@ impl Node {
         if self.role() != Some(Role::Monitor) {
             return Ok(CatchUp::default());
         }
-        let (expected, replies) = self.gather_official(within).await?;
-        if expected.is_empty() {
+        let g = self.gather_official(within).await?;
+        if g.asked.is_empty() {
             return Ok(CatchUp::default());
         }
         let (outcome, fx) = self.with_engine(|e, now| {
-            e.apply_synced(&replies, now)
+            e.apply_synced(&g.replies, now)
                 .unwrap_or((SyncOutcome::default(), Vec::new()))
         });
         self.run_effects(fx).await;
         tracing::info!(
             node = %self.inner.id,
-            asked = expected.len(),
-            answered = replies.len(),
+            asked = g.asked.len(),
+            answered = g.complete,
             applied = outcome.applied,
             skipped = outcome.skipped,
             "caught up from the other monitors"
         );
         Ok(CatchUp {
-            asked: expected.len(),
-            answered: replies.len(),
+            asked: g.asked.len(),
+            answered: g.complete,
             outcome,
         })
     }

@@ -65,10 +65,11 @@ fn of_check(k: &CheckKey) -> String {
 
 /// Compares the monitors' attested official results with the open outage rows.
 pub async fn find(node: &Node, store: &Store, within: Duration) -> Result<Gaps, String> {
-    let (asked, replies) = node
+    let g = node
         .gather_official(within)
         .await
         .map_err(|e| e.to_string())?;
+    let (asked, replies) = (g.asked, g.replies);
     let need = node.quorum_now();
     let attested = ibp_core::consensus::attested(&replies, need, |r| asked.contains(r));
     let open: BTreeMap<String, DateTime<Utc>> = store
@@ -92,7 +93,7 @@ pub async fn find(node: &Node, store: &Store, within: Duration) -> Result<Gaps, 
         .collect();
     let mut gaps = Gaps {
         asked: asked.len(),
-        answered: replies.len(),
+        answered: g.complete,
         ..Gaps::default()
     };
     for p in attested {
