@@ -192,12 +192,11 @@ pub struct Report {
     pub members: Vec<MemberReport>,
 }
 
+/// `site`/`domain`/`endpoint`, whichever form the row holds (the Go collator's `1`/`2`/`3`).
 fn kind(check_type: &str) -> &str {
-    match check_type.trim() {
-        "1" => "site",
-        "2" => "domain",
-        "3" => "endpoint",
-        other => other,
+    match ibp_wire::CheckType::parse(check_type) {
+        Some(t) => t.as_str(),
+        None => check_type.trim(),
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ibp_core::{CheckKey, Observation};
+use ibp_node::bench::pct;
 use ibp_node::cluster::{Node, NodeOptions, RoleServices};
 use ibp_node::security::{DEFAULT_REPLAY_MEMORY, Security, TrustSources};
 use ibp_testkit::NatsServer;
@@ -94,11 +95,6 @@ async fn monitors_with(url: &str, n: usize, tag: &str, trust: Trust) -> Vec<Node
         );
     }
     out
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Time from `observe` on the proposer to the decision being applied on every monitor.

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
 use ibp_node::cluster::{Node, NodeOptions, RoleServices};
 use ibp_node::collectors;
 use ibp_node::roles::{DnsService, HitLimits, StorageHealth};
@@ -16,21 +15,7 @@ const NODES: usize = 50;
 const RECORDS: usize = 10_000;
 
 fn rows(node: &str) -> Vec<UsageRow> {
-    let day = NaiveDate::from_ymd_opt(2026, 11, 20).expect("date");
-    (0..RECORDS)
-        .map(|i| UsageRow {
-            date: day,
-            node_id: node.into(),
-            domain: format!("rpc{}.dotters.network", i % 22),
-            member_name: format!("member-{}", i % 7),
-            asn: format!("AS{}", 1000 + i),
-            network_name: format!("Network {i}"),
-            country_code: ["DE", "FR", "US", "JP", "BR"][i % 5].into(),
-            country_name: "Country".into(),
-            is_ipv6: i % 2 == 0,
-            hits: (i % 97) as i64 + 1,
-        })
-        .collect()
+    ibp_node::bench::usage_rows(node, RECORDS)
 }
 
 async fn run(max_payload: u64, dir: &std::path::Path) {

@@ -75,7 +75,8 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+/// The `p` quantile (0–1) of `sorted` durations (zero when empty).
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -230,7 +231,8 @@ async fn burst(url: &str, nats_pid: u32, per: usize) -> Result<Value, String> {
     }))
 }
 
-fn usage_rows(node: &str, n: usize) -> Vec<UsageRow> {
+/// `n` made-up usage rows of one day counted by `node` (7 members, 22 domains, 5 countries).
+pub fn usage_rows(node: &str, n: usize) -> Vec<UsageRow> {
     let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap_or_default();
     (0..n)
         .map(|i| UsageRow {

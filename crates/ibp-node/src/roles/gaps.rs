@@ -39,11 +39,9 @@ fn key_of(
     endpoint: &str,
     v6: bool,
 ) -> String {
-    let t = match check_type {
-        "1" => "site",
-        "2" => "domain",
-        "3" => "endpoint",
-        t => t,
+    let t = match ibp_wire::CheckType::parse(check_type) {
+        Some(t) => t.as_str(),
+        None => check_type,
     };
     let endpoint = if t == "endpoint" { endpoint } else { "" };
     format!(
