@@ -153,6 +153,13 @@ struct RunArgs {
     /// Config file: a Go node config (Nats, Mysql, System, …) plus an optional IbpNode section.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: NodeFlags,
+}
+
+/// The flags that override the config file, shared by `run` and `check-config`.
+#[derive(Args)]
+struct NodeFlags {
     /// Role: monitor, dns or collator (default: IbpNode.role, else monitor).
     #[arg(long)]
     role: Option<String>,
@@ -175,6 +182,20 @@ struct RunArgs {
     /// well as the PowerDNS remote backend on the HTTP API (default: IbpNode.dns.listen).
     #[arg(long)]
     dns_listen: Option<String>,
+}
+
+impl NodeFlags {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            role: self.role,
+            node_id: self.node_id,
+            nats_url: self.nats_url,
+            http: self.http,
+            db: self.db,
+            work_dir: self.work_dir,
+            dns_listen: self.dns_listen,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -201,27 +222,8 @@ struct CheckArgs {
     /// Config file.
     #[arg(long, short)]
     config: PathBuf,
-    /// Role to resolve for (as `run --role`).
-    #[arg(long)]
-    role: Option<String>,
-    /// As `run --node-id`.
-    #[arg(long)]
-    node_id: Option<String>,
-    /// As `run --nats-url`.
-    #[arg(long)]
-    nats_url: Option<String>,
-    /// As `run --http`.
-    #[arg(long)]
-    http: Option<String>,
-    /// As `run --db`.
-    #[arg(long)]
-    db: Option<String>,
-    /// As `run --work-dir`.
-    #[arg(long)]
-    work_dir: Option<PathBuf>,
-    /// As `run --dns-listen`.
-    #[arg(long)]
-    dns_listen: Option<String>,
+    #[command(flatten)]
+    flags: NodeFlags,
     /// Print JSON: `{"settings": {key: {value, source}}, "warnings": [...]}`.
     #[arg(long)]
     json: bool,
@@ -355,16 +357,7 @@ async fn run(args: RunArgs, format: Option<LogFormat>) -> Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let overrides = Overrides {
-        role: args.role,
-        node_id: args.node_id,
-        nats_url: args.nats_url,
-        http: args.http,
-        db: args.db,
-        work_dir: args.work_dir,
-        dns_listen: args.dns_listen,
-    };
-    let cfg = NodeConfig::resolve(&file, &overrides)?;
+    let cfg = NodeConfig::resolve(&file, &args.flags.overrides())?;
     let format = format.or(match cfg.log_format.as_deref() {
         Some("json") => Some(LogFormat::Json),
         _ => None,
@@ -495,18 +488,7 @@ async fn downtime(a: DowntimeArgs) -> Result<ExitCode> {
 
 async fn check_config(a: CheckArgs) -> Result<()> {
     let file = FileConfig::load(&a.config)?;
-    let cfg = NodeConfig::resolve(
-        &file,
-        &Overrides {
-            role: a.role,
-            node_id: a.node_id,
-            nats_url: a.nats_url,
-            http: a.http,
-            db: a.db,
-            work_dir: a.work_dir,
-            dns_listen: a.dns_listen,
-        },
-    )?;
+    let cfg = NodeConfig::resolve(&file, &a.flags.overrides())?;
     let effective = ibp_node::config::Effective::of(&file, &cfg);
     if a.json {
         let mut doc = serde_json::json!({
