@@ -98,7 +98,12 @@ pub fn signature_headers(data: &[u8]) {
     let sig = parts.next();
     let subject = parts.next().unwrap_or("consensus.vote");
     let payload = parts.next().unwrap_or("").as_bytes();
-    let h = SigHeaders { key, time, sig };
+    let h = SigHeaders {
+        key,
+        time,
+        sig,
+        mac: None,
+    };
     let mut v = Verifier::new(Duration::from_secs(120), 16);
     assert!(v.verify(&f.trust, subject, payload, h, f.now).is_err());
     assert!(

@@ -4,6 +4,7 @@
 //!    time until the decision is applied on every monitor. p50/p99 for 3, 5 and 9 monitors.
 //!    And at 5 monitors with every message signed and verified (enforce mode) against
 //!    the same without: what trust costs a decision.
+//!    `cargo bench -p ibp-node --bench consensus -- trust` runs only that comparison.
 //! 2. Cold-start burst: 5 monitors each propose 1,000 distinct checks at once; the time until
 //!    all 5,000 are finalized on every monitor, and how many were lost.
 
@@ -29,8 +30,8 @@ fn key(tag: &str, i: usize) -> CheckKey {
     )
 }
 
-/// Every node's security in enforce mode, all trusting each other.
-fn enforce(ids: &[String]) -> Vec<Arc<Security>> {
+/// Every node's security in `mode` with a key, all trusting each other.
+fn keyed(ids: &[String], mode: Mode) -> Vec<Arc<Security>> {
     let keys: Vec<Identity> = ids.iter().map(|_| Identity::generate()).collect();
     let entries: Vec<TrustEntry> = ids
         .iter()
@@ -45,7 +46,7 @@ fn enforce(ids: &[String]) -> Vec<Arc<Security>> {
     keys.into_iter()
         .map(|k| {
             Arc::new(Security::new(
-                Mode::Enforce,
+                mode,
                 Some(Arc::new(k)),
                 TrustSources::default(),
                 trust.clone(),
@@ -65,6 +66,9 @@ enum Trust {
     Backed,
     /// Enforce: every message signed and verified, finalizes backed by verified votes.
     Enforce,
+    /// Off with keys (the first step of a migration): every message signed and carrying
+    /// its headers, nothing checked. What the headers alone cost.
+    Signed,
 }
 
 async fn monitors(url: &str, n: usize, tag: &str) -> Vec<Node> {
@@ -73,7 +77,11 @@ async fn monitors(url: &str, n: usize, tag: &str) -> Vec<Node> {
 
 async fn monitors_with(url: &str, n: usize, tag: &str, trust: Trust) -> Vec<Node> {
     let ids: Vec<String> = (0..n).map(|i| format!("m{tag}-{i}")).collect();
-    let security = (trust == Trust::Enforce).then(|| enforce(&ids));
+    let security = match trust {
+        Trust::Enforce => Some(keyed(&ids, Mode::Enforce)),
+        Trust::Signed => Some(keyed(&ids, Mode::Off)),
+        Trust::Off | Trust::Backed => None,
+    };
     let mut out = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let mut o = NodeOptions::new(NodeId::new(id.clone()).expect("id"), url);
@@ -94,6 +102,16 @@ async fn monitors_with(url: &str, n: usize, tag: &str, trust: Trust) -> Vec<Node
                 .await
         );
     }
+    // A node draws its signing nonces in the background after it starts; measure the
+    // steady state, not that start-up work.
+    let t = Instant::now();
+    while !out.iter().all(|m| m.options().security.signing_ready()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "nonce pools not filled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     out
 }
 
@@ -105,6 +123,7 @@ async fn latency(url: &str, n: usize, trials: usize, trust: Trust) -> Vec<Durati
             Trust::Off => "",
             Trust::Backed => "b",
             Trust::Enforce => "s",
+            Trust::Signed => "k",
         }
     );
     let nodes = monitors_with(url, n, &tag, trust).await;
@@ -144,7 +163,11 @@ async fn latency(url: &str, n: usize, trials: usize, trust: Trust) -> Vec<Durati
         let mut per = std::collections::BTreeMap::<String, f64>::new();
         for m in &nodes {
             for l in m.metrics().encode().lines() {
-                for name in ["ibp_trust_verified_total", "ibp_trust_moot_total"] {
+                for name in [
+                    "ibp_trust_verified_total",
+                    "ibp_trust_by_mac_total",
+                    "ibp_trust_moot_total",
+                ] {
                     if let Some(rest) = l.strip_prefix(name)
                         && let Some((labels, v)) = rest.rsplit_once(' ')
                     {
@@ -243,7 +266,12 @@ fn main() {
         let server = NatsServer::start().expect("nats-server");
         let url = server.url();
         println!("consensus benchmarks ({} cores, nats-server {url})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        // `-- trust`: only the signed-against-unsigned comparison.
+        let only_trust = std::env::args().any(|a| a == "trust");
         for n in [3, 5, 9] {
+            if only_trust {
+                break;
+            }
             let trials = 300;
             let _warm = latency(&url, n, 20, Trust::Off).await;
             let mut l = latency(&url, n, trials, Trust::Off).await;
@@ -259,12 +287,15 @@ fn main() {
         // enforce's rule (a finalize needs the votes this node saw) without signatures,
         // to tell the cost of the rule from the cost of the cryptography.
         let (mut plain, mut backed, mut signed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut keyed_off = Vec::new();
         let _warm = latency(&url, 5, 20, Trust::Enforce).await;
         for _ in 0..3 {
             plain.extend(latency(&url, 5, 100, Trust::Off).await);
             backed.extend(latency(&url, 5, 100, Trust::Backed).await);
             signed.extend(latency(&url, 5, 100, Trust::Enforce).await);
+            keyed_off.extend(latency(&url, 5, 100, Trust::Signed).await);
         }
+        keyed_off.sort();
         plain.sort();
         backed.sort();
         signed.sort();
@@ -272,6 +303,7 @@ fn main() {
             ("unsigned (off)", &plain),
             ("unsigned, finalizes backed by own votes", &backed),
             ("signed (enforce)", &signed),
+            ("signed, nothing checked (off with keys)", &keyed_off),
         ] {
             println!(
                 "decision latency, 5 monitors, {what}, {} decisions: p50 {:.3} ms  p99 {:.3} ms",
@@ -290,6 +322,14 @@ fn main() {
             d(&signed, &backed, 0.5),
             d(&signed, &backed, 0.99),
         );
+        println!(
+            "signing and carrying the headers alone (off with keys) adds {:.3} ms at p50, {:.3} ms at p99",
+            d(&keyed_off, &plain, 0.5),
+            d(&keyed_off, &plain, 0.99),
+        );
+        if only_trust {
+            return;
+        }
         let (elapsed, total, lost) = burst(&url, 5, 1000).await;
         println!("cold-start burst, 5 monitors x 1,000 checks: {total} finalized on every monitor in {:.2} s, {lost} lost", elapsed.as_secs_f64());
     });

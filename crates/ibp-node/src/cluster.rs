@@ -300,6 +300,8 @@ impl Node {
             // Enforce: a finalize counts only with the verified votes behind it.
             opts.core.verify_finalizes = true;
         }
+        // Signing nonces are drawn while the node connects, not on its first messages.
+        opts.security.refill_nonces();
         let metrics = Arc::new(Metrics::new());
         let mut connect = opts.connect.clone();
         if connect.name.is_none() {

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub trust_rejections: Family<Labels, Counter>,
     /// Received consensus messages that passed the checks, by subject.
     pub trust_verified: Family<Labels, Counter>,
+    /// Of those, accepted through a pairwise authenticator instead of an Ed25519
+    /// verification, by subject.
+    pub trust_by_mac: Family<Labels, Counter>,
     /// Signatures remembered against replays.
     pub trust_replay_memory: Gauge,
     /// Votes and finalizes on proposals already decided, not checked (they change
@@ -129,6 +132,7 @@ impl Metrics {
             checks: Family::default(),
             trust_rejections: Family::default(),
             trust_verified: Family::default(),
+            trust_by_mac: Family::default(),
             trust_replay_memory: Gauge::default(),
             trust_moot: Family::default(),
         };
@@ -252,6 +256,11 @@ impl Metrics {
                 "trust_verified",
                 "Consensus messages passing signature and trust checks, by subject",
                 m.trust_verified.clone(),
+            );
+            r.register(
+                "trust_by_mac",
+                "Consensus messages accepted through a pairwise authenticator instead of an Ed25519 verification, by subject",
+                m.trust_by_mac.clone(),
             );
             r.register(
                 "trust_moot",

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use ibp_trust::{
-    HDR_KEY, HDR_SIG, HDR_SIG_TIME, Identity, Mode, Reject, SigHeaders, TrustEntry, TrustList,
-    Trusted, Verifier,
+    HDR_KEY, HDR_MAC, HDR_SIG, HDR_SIG_TIME, Identity, Mode, Pairwise, Reject, SigHeaders,
+    TrustEntry, TrustList, Trusted, Verifier,
 };
 use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote};
 
@@ -21,6 +21,12 @@ use crate::metrics::Metrics;
 /// Signatures remembered against replays, at most (a trusted node's legitimate traffic
 /// over the age window stays far below this).
 pub const DEFAULT_REPLAY_MEMORY: usize = 262_144;
+
+/// Signing nonces kept ready (64 bytes each): a burst of this many signatures costs a
+/// hash each; the pool is refilled in the background once below [`NONCES_LOW`].
+pub const NONCES_READY: usize = 512;
+/// The pool level that starts a refill.
+pub const NONCES_LOW: usize = 128;
 
 /// What a received consensus message says about who sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +136,10 @@ pub struct Security {
     identity: Option<Arc<Identity>>,
     sources: TrustSources,
     trust: RwLock<Arc<TrustList>>,
+    /// Keys shared with trusted nodes, for authenticators (with a key and a trust list).
+    pairwise: RwLock<Option<Arc<Pairwise>>>,
+    /// A nonce refill is running.
+    refilling: Arc<std::sync::atomic::AtomicBool>,
     verifier: Mutex<Verifier>,
     log_gate: crate::connection::LogGate,
     /// Trusted senders whose signatures were refused as outside `max_age`: the skew
@@ -178,15 +188,53 @@ impl Security {
         max_age: Duration,
         replay_memory: usize,
     ) -> Security {
+        let pairwise = pairwise_of(identity.as_deref(), &trust);
+        let mut verifier = Verifier::new(max_age, replay_memory);
+        verifier.set_pairwise(pairwise.clone());
         Security {
             mode,
             identity,
             sources,
             trust: RwLock::new(Arc::new(trust)),
-            verifier: Mutex::new(Verifier::new(max_age, replay_memory)),
+            pairwise: RwLock::new(pairwise),
+            refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            verifier: Mutex::new(verifier),
             log_gate: crate::connection::LogGate::new(),
             skews: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Whether the signing nonces are drawn (no refill running, the pool above its low
+    /// mark) or there is no key: the steady state of a running node, which benchmarks
+    /// wait for.
+    pub fn signing_ready(&self) -> bool {
+        self.identity.as_ref().is_none_or(|id| {
+            !self.refilling.load(std::sync::atomic::Ordering::Acquire)
+                && id.nonces_left() >= NONCES_LOW
+        })
+    }
+
+    /// Tops up the signing nonces in the background (on the runtime's blocking pool) when
+    /// they run low; without a runtime, or with a refill already running, nothing.
+    pub fn refill_nonces(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(id) = self.identity.clone() else {
+            return;
+        };
+        if id.nonces_left() >= NONCES_LOW {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let flag = self.refilling.clone();
+        rt.spawn_blocking(move || {
+            id.precompute(NONCES_READY);
+            flag.store(false, Ordering::Release);
+        });
     }
 
     /// Trusted senders refused in the last [`SKEW_SHOWN`] because their signatures were
@@ -238,6 +286,13 @@ impl Security {
     pub fn reload(&self) -> Result<usize, String> {
         let list = self.sources.load()?;
         let n = list.len();
+        let pairwise = pairwise_of(self.identity.as_deref(), &list);
+        if let Ok(mut v) = self.verifier.lock() {
+            v.set_pairwise(pairwise.clone());
+        }
+        if let Ok(mut p) = self.pairwise.write() {
+            *p = pairwise;
+        }
         if let Ok(mut t) = self.trust.write() {
             *t = Arc::new(list);
         }
@@ -253,7 +308,9 @@ impl Security {
     /// a key).
     pub fn sign(&self, subject: &str, payload: &[u8], now: DateTime<Utc>) -> Option<HeaderMap> {
         let id = self.identity.as_ref()?;
-        let s = id.sign(subject, payload, now);
+        let pairwise = self.pairwise.read().ok().and_then(|p| p.clone());
+        let s = id.sign_for(subject, payload, now, pairwise.as_deref());
+        self.refill_nonces();
         if self.mode.checks()
             && let Ok(mut v) = self.verifier.lock()
         {
@@ -263,6 +320,9 @@ impl Security {
         h.insert(HDR_KEY, s.key.as_str());
         h.insert(HDR_SIG_TIME, s.time.as_str());
         h.insert(HDR_SIG, s.sig.as_str());
+        if let Some(mac) = &s.mac {
+            h.insert(HDR_MAC, mac.as_str());
+        }
         Some(h)
     }
 
@@ -281,8 +341,15 @@ impl Security {
         let signed_at = sig_headers(headers).time.map(str::to_string);
         let mut expired = false;
         let ok = self.check(metrics, subject, Some(claim), headers, |v, trust, h| {
+            let before = v.accepted_by_mac();
             let r = v.verify(trust, subject, payload, h, now);
             metrics.trust_replay_memory.set(v.remembered() as i64);
+            if v.accepted_by_mac() > before {
+                metrics
+                    .trust_by_mac
+                    .get_or_create(&vec![("subject", crate::metrics::subject_label(subject))])
+                    .inc();
+            }
             expired = matches!(r, Err(Reject::Expired));
             r
         });
@@ -394,6 +461,14 @@ impl Security {
     }
 }
 
+/// The keys a node with `identity` shares with the nodes of `trust` (none without a key
+/// or with nobody trusted).
+fn pairwise_of(identity: Option<&Identity>, trust: &TrustList) -> Option<Arc<Pairwise>> {
+    let id = identity?;
+    let p = Pairwise::new(id, trust);
+    (p.peers() > 0).then(|| Arc::new(p))
+}
+
 fn check_claim(who: &Trusted, claim: &Claim<'_>) -> Result<(), Reject> {
     for id in &claim.ids {
         Verifier::claim(who, Some(id), None)?;
@@ -411,6 +486,7 @@ fn sig_headers(h: Option<&HeaderMap>) -> SigHeaders<'_> {
         key: get(HDR_KEY),
         time: get(HDR_SIG_TIME),
         sig: get(HDR_SIG),
+        mac: get(HDR_MAC),
     }
 }
 

@@ -1,9 +1,18 @@
 //! A node's signing identity and the signature format.
 
+use std::sync::Mutex;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat, Utc};
+use curve25519_dalek::Scalar;
+use curve25519_dalek::edwards::EdwardsPoint;
+use ed25519_dalek::hazmat::ExpandedSecretKey;
 use nkeys::{KeyPair, KeyPairType};
+use sha2::{Digest, Sha512};
+use zeroize::Zeroize;
+
+use crate::pairwise::Pairwise;
 
 /// Why a seed or key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -12,9 +21,57 @@ pub struct KeyError(String);
 
 /// A node's Ed25519 key pair (an NKey *user* key, so the same seed can be the node's NATS
 /// NKey credential).
+///
+/// Signatures are standard Ed25519 (any verifier accepts them) but use a random nonce
+/// drawn ahead of time: `R = r·B`, the costly part of signing, is computed in idle time
+/// ([`Identity::precompute`]), so signing a message on the hot path costs a hash and a
+/// scalar multiply-add. Verification cannot tell how `r` was chosen; what matters is that
+/// each `r` is secret, uniform and used once (taken out of the pool under a lock). With
+/// the pool empty a fresh nonce is drawn on the spot.
 pub struct Identity {
     kp: KeyPair,
     public: String,
+    raw_public: [u8; 32],
+    /// The Ed25519 secret scalar `a`.
+    scalar: Scalar,
+    /// The lower half of SHA-512(seed): the X25519 secret of the same key (clamped when
+    /// used), for pairwise authenticator keys.
+    dh: [u8; 32],
+    nonces: Mutex<Vec<Nonce>>,
+}
+
+/// A signing nonce: secret `r` and the encoded `R = r·B`.
+struct Nonce {
+    r: Scalar,
+    big_r: [u8; 32],
+}
+
+impl Nonce {
+    /// A uniformly random nonce from the operating system's generator.
+    fn fresh() -> Option<Nonce> {
+        let mut wide = [0u8; 64];
+        getrandom::getrandom(&mut wide).ok()?;
+        let r = Scalar::from_bytes_mod_order_wide(&wide);
+        wide.zeroize();
+        if r == Scalar::ZERO {
+            return None;
+        }
+        let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
+        Some(Nonce { r, big_r })
+    }
+}
+
+impl Drop for Nonce {
+    fn drop(&mut self) {
+        self.r.zeroize();
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        self.scalar.zeroize();
+        self.dh.zeroize();
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -35,6 +92,8 @@ pub struct Signature {
     pub time: String,
     /// [`crate::HDR_SIG`].
     pub sig: String,
+    /// [`crate::HDR_MAC`]: authenticators for the trusted monitors, when made for them.
+    pub mac: Option<String>,
 }
 
 /// The signature headers of a received message, as found (any may be missing).
@@ -46,6 +105,8 @@ pub struct SigHeaders<'a> {
     pub time: Option<&'a str>,
     /// [`crate::HDR_SIG`].
     pub sig: Option<&'a str>,
+    /// [`crate::HDR_MAC`].
+    pub mac: Option<&'a str>,
 }
 
 /// The bytes signed: `subject + "\n" + time + "\n" + payload`, the payload exactly as
@@ -61,11 +122,33 @@ pub fn signing_input(subject: &str, time: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 impl Identity {
+    fn of(kp: KeyPair) -> Result<Identity, KeyError> {
+        let public = kp.public_key();
+        let seed = kp.seed().map_err(|e| KeyError(e.to_string()))?;
+        let (_, mut raw) =
+            nkeys::decode_seed(&seed).map_err(|e| KeyError(format!("not an NKey seed: {e}")))?;
+        let esk = ExpandedSecretKey::from(&raw);
+        let mut wide: [u8; 64] = Sha512::digest(raw).into();
+        raw.zeroize();
+        let mut dh = [0u8; 32];
+        dh.copy_from_slice(&wide[..32]);
+        wide.zeroize();
+        let raw_public = crate::trust::raw_public(&public)
+            .ok_or_else(|| KeyError("the key pair's public key does not decode".into()))?;
+        Ok(Identity {
+            kp,
+            public,
+            raw_public,
+            scalar: esk.scalar,
+            dh,
+            nonces: Mutex::new(Vec::new()),
+        })
+    }
+
     /// A new random identity.
     pub fn generate() -> Identity {
-        let kp = KeyPair::new_user();
-        let public = kp.public_key();
-        Identity { kp, public }
+        // A freshly generated user key always has a seed that decodes.
+        Identity::of(KeyPair::new_user()).expect("a generated NKey user key")
     }
 
     /// The identity of an NKey user seed (`SU…`; surrounding whitespace ignored).
@@ -79,8 +162,7 @@ impl Identity {
                 kp.key_pair_type()
             )));
         }
-        let public = kp.public_key();
-        Ok(Identity { kp, public })
+        Identity::of(kp)
     }
 
     /// The seed (`SU…`), for writing the key file.
@@ -93,18 +175,93 @@ impl Identity {
         &self.public
     }
 
+    /// The X25519 secret of this key (see [`Pairwise`]).
+    pub(crate) fn dh_secret(&self) -> [u8; 32] {
+        self.dh
+    }
+
+    /// The 32 bytes of the public key.
+    pub(crate) fn raw_public(&self) -> &[u8; 32] {
+        &self.raw_public
+    }
+
     /// Signs `payload` published on `subject` at `at`.
     pub fn sign(&self, subject: &str, payload: &[u8], at: DateTime<Utc>) -> Signature {
+        self.sign_for(subject, payload, at, None)
+    }
+
+    /// Signs as [`Identity::sign`] and, with `pairwise`, adds an authenticator for every
+    /// trusted monitor, which lets them accept the message without an Ed25519
+    /// verification.
+    pub fn sign_for(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        at: DateTime<Utc>,
+        pairwise: Option<&Pairwise>,
+    ) -> Signature {
         let time = at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let input = signing_input(subject, &time, payload);
-        // Signing with a loaded private key cannot fail (nkeys returns a Result only for
-        // public-only key pairs, which an Identity never holds).
-        let sig = self.kp.sign(&input).unwrap_or_default();
+        let sig = self.sign_raw(&input);
         Signature {
             key: self.public.clone(),
+            mac: pairwise.and_then(|p| p.header(&sig, &input)),
             time,
             sig: URL_SAFE_NO_PAD.encode(sig),
         }
+    }
+
+    /// An Ed25519 signature of `input`: `R || s` with `s = H(R || A || input)·a + r`.
+    fn sign_raw(&self, input: &[u8]) -> [u8; 64] {
+        let pooled = self.nonces.lock().ok().and_then(|mut p| p.pop());
+        let Some(n) = pooled.or_else(Nonce::fresh) else {
+            // No randomness to be had: the deterministic RFC 8032 signature. Signing with
+            // a loaded private key cannot fail (nkeys errs only for public-only pairs).
+            let mut out = [0u8; 64];
+            if let Ok(sig) = self.kp.sign(input) {
+                out.copy_from_slice(&sig);
+            }
+            return out;
+        };
+        let k = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(n.big_r)
+                .chain_update(self.raw_public)
+                .chain_update(input),
+        );
+        let s = k * self.scalar + n.r;
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&n.big_r);
+        out[32..].copy_from_slice(s.as_bytes());
+        out
+    }
+
+    /// Fills the nonce pool up to `target`, computing outside the lock so signing never
+    /// waits for it. Returns how many it added.
+    pub fn precompute(&self, target: usize) -> usize {
+        let mut added = 0;
+        loop {
+            let have = self.nonces_left();
+            if have >= target {
+                return added;
+            }
+            let batch: Vec<Nonce> = (0..(target - have).min(32))
+                .filter_map(|_| Nonce::fresh())
+                .collect();
+            if batch.is_empty() {
+                return added;
+            }
+            added += batch.len();
+            match self.nonces.lock() {
+                Ok(mut p) => p.extend(batch),
+                Err(_) => return added,
+            }
+        }
+    }
+
+    /// Nonces ready in the pool.
+    pub fn nonces_left(&self) -> usize {
+        self.nonces.lock().map(|p| p.len()).unwrap_or(0)
     }
 }
 
@@ -143,5 +300,44 @@ mod tests {
         let pk = KeyPair::from_public_key(&s.key).expect("public");
         pk.verify(&signing_input("consensus.vote", &s.time, b"{}"), &raw)
             .expect("verifies");
+    }
+
+    /// Signatures from the pool and from fresh nonces are plain Ed25519: nkeys (which
+    /// NATS itself uses) and ed25519-dalek's strict check both accept them; every one is
+    /// different (a nonce is never used twice) and none verifies for other bytes.
+    #[test]
+    fn pooled_and_fresh_nonce_signatures_are_standard_ed25519_and_never_repeat() {
+        let id = Identity::generate();
+        assert_eq!(id.precompute(64), 64);
+        assert_eq!(id.nonces_left(), 64);
+        let pk = KeyPair::from_public_key(id.public_key()).expect("public");
+        let dalek = ed25519_dalek::VerifyingKey::from_bytes(id.raw_public()).expect("key");
+        let at = Utc::now();
+        let mut seen = std::collections::HashSet::new();
+        // 64 from the pool, then 64 drawn on the spot.
+        for i in 0..128 {
+            let s = id.sign("consensus.vote", b"same bytes", at);
+            let raw = URL_SAFE_NO_PAD.decode(&s.sig).expect("b64");
+            let input = signing_input("consensus.vote", &s.time, b"same bytes");
+            pk.verify(&input, &raw)
+                .unwrap_or_else(|e| panic!("signature {i}: {e}"));
+            let sig = ed25519_dalek::Signature::from_slice(&raw).expect("64 bytes");
+            dalek.verify_strict(&input, &sig).expect("strict");
+            assert!(pk.verify(b"other bytes", &raw).is_err());
+            assert!(seen.insert(raw[..32].to_vec()), "nonce R reused at {i}");
+        }
+        assert_eq!(id.nonces_left(), 0);
+    }
+
+    #[test]
+    fn a_seeded_identity_signs_what_the_seed_verifies() {
+        let a = Identity::generate();
+        let b = Identity::from_seed(&a.seed().expect("seed")).expect("parses");
+        b.precompute(4);
+        let s = b.sign("consensus.propose", b"{}", Utc::now());
+        let raw = URL_SAFE_NO_PAD.decode(&s.sig).expect("b64");
+        let pk = KeyPair::from_public_key(a.public_key()).expect("public");
+        pk.verify(&signing_input("consensus.propose", &s.time, b"{}"), &raw)
+            .expect("the seed's public key verifies");
     }
 }

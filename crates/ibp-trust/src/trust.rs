@@ -39,6 +39,7 @@ pub struct Trusted {
     /// The public key (`U…`).
     pub public_key: String,
     key: Arc<KeyPair>,
+    raw: [u8; 32],
 }
 
 impl std::fmt::Debug for Trusted {
@@ -55,6 +56,11 @@ impl Trusted {
     /// Whether `sig` is this key's signature of `input`.
     pub fn verifies(&self, input: &[u8], sig: &[u8]) -> bool {
         self.key.verify(input, sig).is_ok()
+    }
+
+    /// The 32 bytes of the Ed25519 public key.
+    pub(crate) fn raw(&self) -> &[u8; 32] {
+        &self.raw
     }
 }
 
@@ -113,6 +119,10 @@ impl TrustList {
                     reason: format!("{:?} is not IBPMonitor, IBPDns or IBPCollator", e.role),
                 })?;
                 let key = e.public_key.trim().to_string();
+                let raw = raw_public(&key).ok_or_else(|| TrustError {
+                    field: at("public_key"),
+                    reason: "not an NKey public key".into(),
+                })?;
                 if let Some(prev) = by_key.get(&key) {
                     if prev.node_id != node_id || prev.role != role {
                         return Err(TrustError {
@@ -132,6 +142,7 @@ impl TrustList {
                         role,
                         public_key: key,
                         key: Arc::new(kp),
+                        raw,
                     },
                 );
             }
@@ -149,6 +160,11 @@ impl TrustList {
         self.by_key.values().any(|t| t.node_id == node_id)
     }
 
+    /// Every trusted key.
+    pub fn iter(&self) -> impl Iterator<Item = &Trusted> {
+        self.by_key.values()
+    }
+
     /// Trusted keys.
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -158,6 +174,13 @@ impl TrustList {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+}
+
+/// The raw key of an NKey public key: base32 of one prefix byte, the 32 key bytes and a
+/// CRC (already checked by `KeyPair::from_public_key`).
+pub(crate) fn raw_public(key: &str) -> Option<[u8; 32]> {
+    let bytes = data_encoding::BASE32_NOPAD.decode(key.as_bytes()).ok()?;
+    bytes.get(1..33)?.try_into().ok()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use ibp_wire::Role;
 
 use crate::identity::{SigHeaders, signing_input};
+use crate::pairwise::Pairwise;
 use crate::replay::ReplayCache;
 use crate::trust::{TrustList, Trusted};
 
@@ -107,6 +108,8 @@ impl std::fmt::Display for Reject {
 pub struct Verifier {
     max_age: TimeDelta,
     replay: ReplayCache,
+    pairwise: Option<std::sync::Arc<Pairwise>>,
+    by_mac: u64,
 }
 
 struct Parsed {
@@ -140,7 +143,20 @@ impl Verifier {
         Verifier {
             max_age: TimeDelta::from_std(max_age).unwrap_or(TimeDelta::MAX),
             replay: ReplayCache::new(replay_cap),
+            pairwise: None,
+            by_mac: 0,
         }
+    }
+
+    /// The keys this node shares with trusted nodes, for accepting their authenticators
+    /// ([`Pairwise`]); `None` verifies every signature.
+    pub fn set_pairwise(&mut self, p: Option<std::sync::Arc<Pairwise>>) {
+        self.pairwise = p;
+    }
+
+    /// Messages accepted through an authenticator rather than an Ed25519 verification.
+    pub fn accepted_by_mac(&self) -> u64 {
+        self.by_mac
     }
 
     /// Checks a live message published on `subject` with `payload`, received at `now`:
@@ -161,7 +177,16 @@ impl Verifier {
         if self.replay.seen(&p.sig) {
             return Err(Reject::Replayed);
         }
-        if !who.verifies(&signing_input(subject, time, payload), &p.sig) {
+        let input = signing_input(subject, time, payload);
+        // The authenticator covers the signature too, so the replay memory, keyed by the
+        // signature, cannot be dodged by bending the signature of a MAC-accepted copy.
+        let by_mac = match (&self.pairwise, h.mac) {
+            (Some(pw), Some(header)) => pw.accepts(key, header, &p.sig, &input),
+            _ => false,
+        };
+        if by_mac {
+            self.by_mac += 1;
+        } else if !who.verifies(&input, &p.sig) {
             return Err(Reject::BadSignature);
         }
         self.replay.insert(p.sig, p.time, now - self.max_age);
@@ -254,7 +279,83 @@ mod tests {
             key: Some(&s.key),
             time: Some(&s.time),
             sig: Some(&s.sig),
+            mac: s.mac.as_deref(),
         }
+    }
+
+    /// A monitor with pairwise keys accepts a trusted monitor's message by its
+    /// authenticator, with the same verdicts the signature alone gives: a bent tag falls
+    /// back to the signature, a bent signature under a good tag is refused, a copy is a
+    /// replay, and a tag cannot vouch for bytes or a key it was not made for.
+    #[test]
+    fn authenticators_give_the_signatures_verdicts_without_the_curve() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let entries: Vec<TrustEntry> = [(&a, "monitor-a"), (&b, "monitor-b")]
+            .iter()
+            .map(|(k, id)| TrustEntry {
+                public_key: k.public_key().into(),
+                node_id: (*id).into(),
+                role: "IBPMonitor".into(),
+            })
+            .collect();
+        let t = TrustList::build([("trust", &entries[..])]).expect("trust");
+        let pa = crate::Pairwise::new(&a, &t);
+        let pb = std::sync::Arc::new(crate::Pairwise::new(&b, &t));
+        let mut v = Verifier::new(Duration::from_secs(120), 1000);
+        v.set_pairwise(Some(pb));
+        let subj = "consensus.vote";
+        let body = br#"{"ProposalID":"p"}"#;
+
+        let s = a.sign_for(subj, body, at(0), Some(&pa));
+        assert!(s.mac.is_some());
+        assert_eq!(
+            v.verify(&t, subj, b"{}", hdrs(&s), at(0)).err(),
+            Some(Reject::BadSignature),
+            "the tag is over the bytes"
+        );
+        assert_eq!(v.accepted_by_mac(), 0);
+        let who = v.verify(&t, subj, body, hdrs(&s), at(0)).expect("by tag");
+        assert_eq!(who.node_id, "monitor-a");
+        assert_eq!(v.accepted_by_mac(), 1);
+        assert_eq!(
+            v.verify(&t, subj, body, hdrs(&s), at(1)).err(),
+            Some(Reject::Replayed)
+        );
+
+        // A bent tag: the signature still proves it.
+        let s = a.sign_for(subj, body, at(2), Some(&pa));
+        let bent_tag = s.mac.clone().map(|mut m| {
+            // The tag's first character (the header has one tag here: b's).
+            let at = m.find('=').expect("address=tag") + 1;
+            let c = if m[at..].starts_with('A') { "B" } else { "A" };
+            m.replace_range(at..at + 1, c);
+            m
+        });
+        let h = SigHeaders {
+            mac: bent_tag.as_deref(),
+            ..hdrs(&s)
+        };
+        v.verify(&t, subj, body, h, at(2)).expect("by signature");
+        assert_eq!(v.accepted_by_mac(), 1);
+
+        // A bent signature under the original tag: the tag covers the signature.
+        let s = a.sign_for(subj, body, at(3), Some(&pa));
+        let mut raw = URL_SAFE_NO_PAD.decode(&s.sig).expect("b64");
+        raw[5] ^= 1;
+        let bent_sig = URL_SAFE_NO_PAD.encode(raw);
+        let h = SigHeaders {
+            sig: Some(&bent_sig),
+            ..hdrs(&s)
+        };
+        assert_eq!(
+            v.verify(&t, subj, body, h, at(3)).err(),
+            Some(Reject::BadSignature)
+        );
+        // Out of the window: the tag does not lift the age rule.
+        assert_eq!(
+            v.verify(&t, subj, body, hdrs(&s), at(200)).err(),
+            Some(Reject::Expired)
+        );
     }
 
     #[test]
