@@ -220,6 +220,17 @@ async fn in_enforce_mode_forgeries_replays_and_a_lone_finalize_change_nothing_an
     // A real outage: two of three monitors see it.
     two_see(&c, "Alpha", false).await;
     official_everywhere(&c, "Alpha", false).await;
+    // The monitors took each other's real messages by their pairwise authenticators, not
+    // the curve; the collator, which gets no tags, verified the signatures.
+    for a in c.apps.iter().filter(|a| a.monitor.is_some()) {
+        assert!(
+            metric(a, "ibp_trust_by_mac_total", &["consensus.vote"]) >= 1.0,
+            "{}: votes accepted by authenticator",
+            a.node.id()
+        );
+    }
+    assert_eq!(metric(collator, "ibp_trust_by_mac_total", &[]), 0.0);
+    assert!(metric(collator, "ibp_trust_verified_total", &[]) >= 1.0);
     let deadline = std::time::Instant::now() + WAIT;
     let event = loop {
         let evs = store.all_events().await.expect("events");
