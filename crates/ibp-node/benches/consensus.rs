@@ -3,7 +3,8 @@
 //! 1. Decision latency: a monitor publishes a proposal every other monitor agrees with; the
 //!    time until the decision is applied on every monitor. p50/p99 for 3, 5 and 9 monitors.
 //!    And at 5 monitors with every message signed and verified (enforce mode) against
-//!    the same without: what trust costs a decision.
+//!    the same without: what trust costs a decision (each variant on its own
+//!    nats-server, one decision of each in turn).
 //!    `cargo bench -p ibp-node --bench consensus -- trust` runs only that comparison.
 //! 2. Cold-start burst: 5 monitors each propose 1,000 distinct checks at once; the time until
 //!    all 5,000 are finalized on every monitor, and how many were lost.
@@ -58,7 +59,7 @@ fn keyed(ids: &[String], mode: Mode) -> Vec<Arc<Security>> {
 }
 
 /// How the monitors of a run treat each other's messages.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Trust {
     /// The reference: no signatures; a finalize is applied as it comes.
     Off,
@@ -115,9 +116,8 @@ async fn monitors_with(url: &str, n: usize, tag: &str, trust: Trust) -> Vec<Node
     out
 }
 
-/// Time from `observe` on the proposer to the decision being applied on every monitor.
-async fn latency(url: &str, n: usize, trials: usize, trust: Trust) -> Vec<Duration> {
-    let tag = format!(
+fn tag_of(n: usize, trust: Trust) -> String {
+    format!(
         "lat{n}{}",
         match trust {
             Trust::Off => "",
@@ -125,64 +125,119 @@ async fn latency(url: &str, n: usize, trials: usize, trust: Trust) -> Vec<Durati
             Trust::Enforce => "s",
             Trust::Signed => "k",
         }
-    );
+    )
+}
+
+/// One decision: time from `observe` on the proposer to the decision being applied on
+/// every monitor; then waits for its trailing finalizes to drain.
+async fn trial(nodes: &[Node], tag: &str, t: usize) -> Duration {
+    let k = key(tag, t);
+    for m in &nodes[1..] {
+        m.set_local(Observation::new(k.clone(), false))
+            .await
+            .expect("monitor");
+    }
+    let mut rxs: Vec<_> = nodes.iter().map(Node::decisions).collect();
+    let started = Instant::now();
+    nodes[0]
+        .observe(Observation::new(k.clone(), false))
+        .await
+        .expect("observe");
+    let mut last = Duration::ZERO;
+    for rx in &mut rxs {
+        loop {
+            let d = rx.recv().await.expect("decision");
+            if CheckKey::of(&d.proposal) == k {
+                last = last.max(started.elapsed());
+                break;
+            }
+        }
+    }
+    for m in nodes {
+        m.wait_until(|n| n.proposal_count() == 0, Duration::from_secs(5))
+            .await;
+    }
+    last
+}
+
+/// What the signatures cost per decision: checks done and skipped, all nodes.
+fn checks_per_decision(nodes: &[Node], trials: usize) -> String {
+    let mut per = std::collections::BTreeMap::<String, f64>::new();
+    for m in nodes {
+        for l in m.metrics().encode().lines() {
+            for name in [
+                "ibp_trust_verified_total",
+                "ibp_trust_by_mac_total",
+                "ibp_trust_moot_total",
+            ] {
+                if let Some(rest) = l.strip_prefix(name)
+                    && let Some((labels, v)) = rest.rsplit_once(' ')
+                {
+                    *per.entry(format!("{name}{labels}")).or_default() +=
+                        v.parse::<f64>().unwrap_or(0.0) / trials as f64;
+                }
+            }
+        }
+    }
+    let text: Vec<String> = per.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+    text.join(", ")
+}
+
+/// `trials` decisions on `n` fresh monitors.
+async fn latency(url: &str, n: usize, trials: usize, trust: Trust) -> Vec<Duration> {
+    let tag = tag_of(n, trust);
     let nodes = monitors_with(url, n, &tag, trust).await;
     let mut out = Vec::with_capacity(trials);
     for t in 0..trials {
-        let k = key(&tag, t);
-        for m in &nodes[1..] {
-            m.set_local(Observation::new(k.clone(), false))
-                .await
-                .expect("monitor");
-        }
-        let mut rxs: Vec<_> = nodes.iter().map(Node::decisions).collect();
-        let started = Instant::now();
-        nodes[0]
-            .observe(Observation::new(k.clone(), false))
-            .await
-            .expect("observe");
-        let mut last = Duration::ZERO;
-        for rx in &mut rxs {
-            loop {
-                let d = rx.recv().await.expect("decision");
-                if CheckKey::of(&d.proposal) == k {
-                    last = last.max(started.elapsed());
-                    break;
-                }
-            }
-        }
-        // Let the trailing finalizes of this decision drain before the next one.
-        for m in &nodes {
-            m.wait_until(|n| n.proposal_count() == 0, Duration::from_secs(5))
-                .await;
-        }
-        out.push(last);
-    }
-    if trust == Trust::Enforce {
-        // What the signatures cost per decision: checks done and skipped, all nodes.
-        let mut per = std::collections::BTreeMap::<String, f64>::new();
-        for m in &nodes {
-            for l in m.metrics().encode().lines() {
-                for name in [
-                    "ibp_trust_verified_total",
-                    "ibp_trust_by_mac_total",
-                    "ibp_trust_moot_total",
-                ] {
-                    if let Some(rest) = l.strip_prefix(name)
-                        && let Some((labels, v)) = rest.rsplit_once(' ')
-                    {
-                        *per.entry(format!("{name}{labels}")).or_default() +=
-                            v.parse::<f64>().unwrap_or(0.0) / trials as f64;
-                    }
-                }
-            }
-        }
-        let text: Vec<String> = per.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
-        println!("  per decision, all {n} monitors: {}", text.join(", "));
+        out.push(trial(&nodes, &tag, t).await);
     }
     for m in nodes {
         m.shutdown(Duration::from_secs(1)).await;
     }
+    out
+}
+
+/// The trust variants side by side: five monitors each, every variant on its own
+/// nats-server (their subjects are the same), one decision of each in turn so the
+/// machine's drift hits all alike.
+async fn trust_compare(trials: usize) -> Vec<(Trust, Vec<Duration>)> {
+    let variants = [Trust::Off, Trust::Backed, Trust::Enforce, Trust::Signed];
+    let mut servers = Vec::new();
+    let mut sets = Vec::new();
+    for v in variants {
+        let server = NatsServer::start().expect("nats-server");
+        let tag = tag_of(5, v);
+        sets.push((
+            v,
+            tag.clone(),
+            monitors_with(&server.url(), 5, &tag, v).await,
+        ));
+        servers.push(server);
+    }
+    // Warm-up, not measured.
+    for t in 0..20 {
+        for (_, tag, nodes) in &sets {
+            trial(nodes, tag, t).await;
+        }
+    }
+    let mut out: Vec<(Trust, Vec<Duration>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
+    for t in 20..20 + trials {
+        for (i, (_, tag, nodes)) in sets.iter().enumerate() {
+            out[i].1.push(trial(nodes, tag, t).await);
+        }
+    }
+    for (v, _, nodes) in sets {
+        if v == Trust::Enforce {
+            println!(
+                "  per decision, all 5 monitors: {}",
+                checks_per_decision(&nodes, trials + 20)
+            );
+        }
+        for m in nodes {
+            m.shutdown(Duration::from_secs(1)).await;
+        }
+    }
+    drop(servers);
     out
 }
 
@@ -283,22 +338,25 @@ fn main() {
                 l.last().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
             );
         }
-        // Signed against unsigned, interleaved in rounds so drift hits all alike; and
-        // enforce's rule (a finalize needs the votes this node saw) without signatures,
-        // to tell the cost of the rule from the cost of the cryptography.
-        let (mut plain, mut backed, mut signed) = (Vec::new(), Vec::new(), Vec::new());
-        let mut keyed_off = Vec::new();
-        let _warm = latency(&url, 5, 20, Trust::Enforce).await;
-        for _ in 0..3 {
-            plain.extend(latency(&url, 5, 100, Trust::Off).await);
-            backed.extend(latency(&url, 5, 100, Trust::Backed).await);
-            signed.extend(latency(&url, 5, 100, Trust::Enforce).await);
-            keyed_off.extend(latency(&url, 5, 100, Trust::Signed).await);
+        // Signed against unsigned, one decision of each in turn; and enforce's rule (a
+        // finalize needs the votes this node saw) without signatures, to tell the cost of
+        // the rule from the cost of the cryptography.
+        let mut runs = trust_compare(300).await;
+        for (_, l) in &mut runs {
+            l.sort();
         }
-        keyed_off.sort();
-        plain.sort();
-        backed.sort();
-        signed.sort();
+        let get = |v: Trust| {
+            runs.iter()
+                .find(|(t, _)| *t == v)
+                .map(|(_, l)| l.clone())
+                .unwrap_or_default()
+        };
+        let (plain, backed, signed, keyed_off) = (
+            get(Trust::Off),
+            get(Trust::Backed),
+            get(Trust::Enforce),
+            get(Trust::Signed),
+        );
         for (what, l) in [
             ("unsigned (off)", &plain),
             ("unsigned, finalizes backed by own votes", &backed),
