@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ibp_trust::{Identity, SigHeaders, TrustEntry, TrustList, Verifier};
+use ibp_trust::{Identity, Pairwise, SigHeaders, TrustEntry, TrustList, Verifier};
 use ibp_wire::{
     ClusterMessage, DowntimeRequest, DowntimeResponse, FinalizeMessage, Proposal, UsageRequest,
     UsageResponse, Vote, WireDecode, WireTime, decode, encode, parse_usage_date,
@@ -61,6 +61,8 @@ struct Fixture {
     trust: TrustList,
     key: String,
     now: DateTime<Utc>,
+    /// A second monitor's keys shared with the trusted one, for `Ibp-Mac` tags.
+    pairwise: std::sync::Arc<Pairwise>,
 }
 
 fn fixture() -> &'static Fixture {
@@ -74,8 +76,12 @@ fn fixture() -> &'static Fixture {
             node_id: "monitor-1".into(),
             role: "IBPMonitor".into(),
         }];
+        let trust = TrustList::build([("trust", &entries[..])]).expect("trust");
+        // The receiver's own key never appears in what a fuzzer writes: any will do.
+        let receiver = Identity::generate();
         Fixture {
-            trust: TrustList::build([("trust", &entries[..])]).expect("trust"),
+            pairwise: std::sync::Arc::new(Pairwise::new(&receiver, &trust)),
+            trust,
             key: id.public_key().to_string(),
             now: DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
                 .expect("time")
@@ -86,7 +92,9 @@ fn fixture() -> &'static Fixture {
 
 /// The signature header checks: the input is split at newlines into `Ibp-Key` (`@` means
 /// the trusted key), `Ibp-Sig-Time`, `Ibp-Sig`, the subject and the payload (the rest).
-/// Nothing may panic, and nothing a fuzzer writes can verify: it has no private key.
+/// Nothing may panic, and nothing a fuzzer writes can verify: it has no private key. Each
+/// input is checked once more by a monitor holding pairwise keys, with the payload part
+/// as the `Ibp-Mac` header: nor can a fuzzer make a tag.
 pub fn signature_headers(data: &[u8]) {
     let f = fixture();
     let text = String::from_utf8_lossy(data);
@@ -110,6 +118,14 @@ pub fn signature_headers(data: &[u8]) {
         v.verify_stored(&f.trust, subject, payload, h, f.now)
             .is_err()
     );
+    let mac = std::str::from_utf8(payload).ok();
+    let mut m = Verifier::new(Duration::from_secs(120), 16);
+    m.set_pairwise(Some(f.pairwise.clone()));
+    assert!(
+        m.verify(&f.trust, subject, payload, SigHeaders { mac, ..h }, f.now)
+            .is_err()
+    );
+    assert_eq!(m.accepted_by_mac(), 0);
 }
 
 /// The `POST /v1/observations` body parser: what it accepts respects the column widths and
