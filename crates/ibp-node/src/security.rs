@@ -136,8 +136,6 @@ pub struct Security {
     identity: Option<Arc<Identity>>,
     sources: TrustSources,
     trust: RwLock<Arc<TrustList>>,
-    /// Keys shared with trusted nodes, for authenticators (with a key and a trust list).
-    pairwise: RwLock<Option<Arc<Pairwise>>>,
     /// A nonce refill is running.
     refilling: Arc<std::sync::atomic::AtomicBool>,
     verifier: Mutex<Verifier>,
@@ -188,15 +186,15 @@ impl Security {
         max_age: Duration,
         replay_memory: usize,
     ) -> Security {
-        let pairwise = pairwise_of(identity.as_deref(), &trust);
+        // The keys shared with trusted nodes live in the verifier, which checks tags;
+        // signing takes them from there.
         let mut verifier = Verifier::new(max_age, replay_memory);
-        verifier.set_pairwise(pairwise.clone());
+        verifier.set_pairwise(pairwise_of(identity.as_deref(), &trust));
         Security {
             mode,
             identity,
             sources,
             trust: RwLock::new(Arc::new(trust)),
-            pairwise: RwLock::new(pairwise),
             refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             verifier: Mutex::new(verifier),
             log_gate: crate::connection::LogGate::new(),
@@ -288,10 +286,7 @@ impl Security {
         let n = list.len();
         let pairwise = pairwise_of(self.identity.as_deref(), &list);
         if let Ok(mut v) = self.verifier.lock() {
-            v.set_pairwise(pairwise.clone());
-        }
-        if let Ok(mut p) = self.pairwise.write() {
-            *p = pairwise;
+            v.set_pairwise(pairwise);
         }
         if let Ok(mut t) = self.trust.write() {
             *t = Arc::new(list);
@@ -308,7 +303,7 @@ impl Security {
     /// a key).
     pub fn sign(&self, subject: &str, payload: &[u8], now: DateTime<Utc>) -> Option<HeaderMap> {
         let id = self.identity.as_ref()?;
-        let pairwise = self.pairwise.read().ok().and_then(|p| p.clone());
+        let pairwise = self.verifier.lock().ok().and_then(|v| v.pairwise());
         let s = id.sign_for(subject, payload, now, pairwise.as_deref());
         self.refill_nonces();
         if self.mode.checks()

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ibp_trust::{Identity, Pairwise, SigHeaders, TrustEntry, TrustList, Verifier};
+use ibp_trust::{Identity, Pairwise, TrustEntry, TrustList, Verifier};
 
 fn main() {
     let key = Identity::generate();
@@ -38,12 +38,7 @@ fn main() {
     let t = Instant::now();
     let mut ok = 0;
     for (p, s) in payloads.iter().zip(&sigs) {
-        let h = SigHeaders {
-            key: Some(&s.key),
-            time: Some(&s.time),
-            sig: Some(&s.sig),
-            mac: s.mac.as_deref(),
-        };
+        let h = s.headers();
         if v.verify(&trust, "consensus.vote", p, h, now).is_ok() {
             ok += 1;
         }
@@ -53,12 +48,7 @@ fn main() {
     // Rejections that never reach the curve: unsigned, untrusted key, replay.
     let t = Instant::now();
     for (p, s) in payloads.iter().zip(&sigs) {
-        let h = SigHeaders {
-            key: Some(&s.key),
-            time: Some(&s.time),
-            sig: Some(&s.sig),
-            mac: s.mac.as_deref(),
-        };
+        let h = s.headers();
         let _ = v.verify(&trust, "consensus.vote", p, h, now);
     }
     let replay = t.elapsed();
@@ -91,12 +81,7 @@ fn main() {
     v.set_pairwise(Some(pw_receiver));
     let t = Instant::now();
     for (p, s) in payloads.iter().zip(&fast) {
-        let h = SigHeaders {
-            key: Some(&s.key),
-            time: Some(&s.time),
-            sig: Some(&s.sig),
-            mac: s.mac.as_deref(),
-        };
+        let h = s.headers();
         assert!(v.verify(&five, "consensus.vote", p, h, now).is_ok());
     }
     let verify_mac = t.elapsed();

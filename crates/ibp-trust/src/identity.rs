@@ -96,6 +96,18 @@ pub struct Signature {
     pub mac: Option<String>,
 }
 
+impl Signature {
+    /// The headers as a receiver finds them.
+    pub fn headers(&self) -> SigHeaders<'_> {
+        SigHeaders {
+            key: Some(&self.key),
+            time: Some(&self.time),
+            sig: Some(&self.sig),
+            mac: self.mac.as_deref(),
+        }
+    }
+}
+
 /// The signature headers of a received message, as found (any may be missing).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SigHeaders<'a> {
@@ -127,9 +139,11 @@ impl Identity {
         let seed = kp.seed().map_err(|e| KeyError(e.to_string()))?;
         let (_, mut raw) =
             nkeys::decode_seed(&seed).map_err(|e| KeyError(format!("not an NKey seed: {e}")))?;
-        let esk = ExpandedSecretKey::from(&raw);
+        // SHA-512(seed): its lower half is both the Ed25519 scalar (clamped) and the
+        // X25519 secret.
         let mut wide: [u8; 64] = Sha512::digest(raw).into();
         raw.zeroize();
+        let esk = ExpandedSecretKey::from_bytes(&wide);
         let mut dh = [0u8; 32];
         dh.copy_from_slice(&wide[..32]);
         wide.zeroize();

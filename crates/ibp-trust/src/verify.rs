@@ -154,6 +154,11 @@ impl Verifier {
         self.pairwise = p;
     }
 
+    /// The keys set by [`Verifier::set_pairwise`], which signing uses too.
+    pub fn pairwise(&self) -> Option<std::sync::Arc<Pairwise>> {
+        self.pairwise.clone()
+    }
+
     /// Messages accepted through an authenticator rather than an Ed25519 verification.
     pub fn accepted_by_mac(&self) -> u64 {
         self.by_mac
@@ -275,12 +280,7 @@ mod tests {
     }
 
     fn hdrs(s: &crate::Signature) -> SigHeaders<'_> {
-        SigHeaders {
-            key: Some(&s.key),
-            time: Some(&s.time),
-            sig: Some(&s.sig),
-            mac: s.mac.as_deref(),
-        }
+        s.headers()
     }
 
     /// A monitor with pairwise keys accepts a trusted monitor's message by its
