@@ -4,6 +4,7 @@
 
 use ibp_wire::{ClusterMessage, FinalizeMessage, Proposal, Role, Vote};
 
+use crate::check::CheckKey;
 use crate::collator::VoteCache;
 use crate::consensus::{Consensus, IdSource, ObserveOutcome, ProposeOutcome};
 use crate::membership::{Membership, SelfInfo, sent_at};
@@ -331,8 +332,20 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// One page of [`Engine::sync_snapshot`] (see [`Consensus::sync_page`]).
+    pub fn sync_page(
+        &self,
+        after: Option<&CheckKey>,
+        limit: usize,
+    ) -> (Vec<(CheckKey, FinalizeMessage)>, bool) {
+        self.consensus
+            .as_ref()
+            .map(|c| c.sync_page(after, limit))
+            .unwrap_or_default()
+    }
+
     /// Takes the official results other monitors reported, where a quorum of active
-    /// monitors attests the same decision (see [`Consensus::apply_synced`]).
+    /// monitors attests the same status (see [`Consensus::apply_synced`]).
     pub fn apply_synced(
         &mut self,
         replies: &std::collections::BTreeMap<String, Vec<ibp_wire::FinalizeMessage>>,

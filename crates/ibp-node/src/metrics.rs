@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Votes and finalizes on proposals already decided, not checked (they change
     /// nothing; enforce drops them), by subject.
     pub trust_moot: Family<Labels, Counter>,
+    /// Pages of official results asked of other monitors while catching up.
+    pub sync_pages: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -135,6 +137,7 @@ impl Metrics {
             trust_by_mac: Family::default(),
             trust_replay_memory: Gauge::default(),
             trust_moot: Family::default(),
+            sync_pages: Counter::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -268,6 +271,11 @@ impl Metrics {
                 m.trust_moot.clone(),
             );
             r.register(
+                "sync_pages",
+                "Pages of official results asked of other monitors while catching up",
+                m.sync_pages.clone(),
+            );
+            r.register(
                 "trust_replay_memory",
                 "Signatures remembered against replays",
                 m.trust_replay_memory.clone(),
@@ -293,6 +301,11 @@ impl Metrics {
         self.messages_out
             .get_or_create(&vec![("subject", subject_label(subject))])
             .inc();
+    }
+
+    /// Counts pages asked while catching up.
+    pub fn sync_pages(&self, n: u64) {
+        self.sync_pages.inc_by(n);
     }
 
     /// Counts a decode failure.

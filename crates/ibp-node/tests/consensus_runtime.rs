@@ -340,6 +340,73 @@ async fn a_rust_monitor_decides_from_the_captured_go_votes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_serves_catch_up_pages_to_whom_they_are_asked_and_whole_answers_to_old_askers() {
+    use futures::StreamExt;
+    let (node, _server, raw) = rust_monitor_and_go_peers().await;
+    let mut rx = node.decisions();
+    replay_go_run(&raw, |s| s == "consensus.cluster").await;
+    assert!(
+        node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
+            .await,
+        "three Go monitors and itself"
+    );
+    replay_go_run(&raw, |s| s == "consensus.finalize").await;
+    decision_for(&mut rx, "m1").await;
+    let inbox = raw.new_inbox();
+    let mut answers = raw.subscribe(inbox.clone()).await.expect("sub");
+    let ask = |v: serde_json::Value| {
+        let raw = raw.clone();
+        let inbox = inbox.clone();
+        async move {
+            raw.publish_with_reply(ibp_node::cluster::SYNC_SUBJECT, inbox, v.to_string().into())
+                .await
+                .expect("ask");
+        }
+    };
+    let next = async |answers: &mut async_nats::Subscriber| -> serde_json::Value {
+        let m = tokio::time::timeout(Duration::from_secs(10), answers.next())
+            .await
+            .expect("an answer")
+            .expect("message");
+        serde_json::from_slice(&m.payload).expect("json")
+    };
+    // Asked of another monitor, then of this one: answers come in order, so the first one
+    // to arrive shows whether it answered the ask meant for another.
+    ask(serde_json::json!({"node": "asker", "to": "monitor-go-1", "page": {"seq": 7}})).await;
+    ask(serde_json::json!({"node": "asker", "to": "rust-monitor", "page": {"seq": 8}})).await;
+    let page = next(&mut answers).await;
+    assert_eq!(
+        page["seq"], 8,
+        "the ask meant for another went unanswered: {page}"
+    );
+    assert_eq!(page["node"], "rust-monitor");
+    assert_eq!(page["last"], true, "{page}");
+    assert_eq!(page["results"].as_array().map(Vec::len), Some(1), "{page}");
+    let after = page["next"].clone();
+    assert_eq!(
+        after["memberName"], "m1",
+        "the page names where it ended: {page}"
+    );
+    // The page after the last check: empty, and the last.
+    ask(serde_json::json!({"node": "asker", "page": {"seq": 9, "after": after}})).await;
+    let page = next(&mut answers).await;
+    assert_eq!(
+        (page["seq"].clone(), page["last"].clone()),
+        (9.into(), true.into())
+    );
+    assert_eq!(page["results"].as_array().map(Vec::len), Some(0), "{page}");
+    // An earlier version's ask, without pages: the whole answer, unnumbered.
+    ask(serde_json::json!({"node": "asker"})).await;
+    let whole = next(&mut answers).await;
+    assert!(whole.get("seq").is_none(), "{whole}");
+    assert_eq!(whole["last"], true);
+    assert_eq!(
+        whole["results"][0]["Proposal"]["MemberName"], "m1",
+        "{whole}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_monitor_applies_a_captured_go_finalize() {
     let (node, _server, raw) = rust_monitor_and_go_peers().await;
     let mut rx = node.decisions();

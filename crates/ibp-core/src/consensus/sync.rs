@@ -2,7 +2,7 @@
 //! that was down, stopped or cut off has missed decisions: its file gives back what it had,
 //! not what the others decided meanwhile. It asks the other monitors for their official
 //! results and takes one only when as many active monitors as a decision needs (majority,
-//! floor included) report the very same decision — no single monitor can make it adopt
+//! floor included) report the same official status — no single monitor can make it adopt
 //! anything — and only when it holds nothing newer for that check.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,33 +15,60 @@ use crate::membership::Membership;
 use crate::time::Now;
 use crate::{Counters, Effect};
 
-/// The decisions reported by at least `need` distinct repliers that `counts`, one per
-/// check and proposal (the passed ones only), in check order.
+/// The official results at least `need` distinct repliers that `counts` agree on, one per
+/// check (the passed ones only), in check order.
+///
+/// Repliers agree when they hold the same status, not necessarily through the same
+/// proposal: monitors that see a change at the same moment each propose it, several of
+/// those proposals pass, and each monitor keeps whichever it applied first (a later one
+/// with the same status changes nothing). Requiring one proposal ID would leave such a
+/// check, split two and two, to nobody. The status is what a quorum vouches for; of the
+/// agreeing proposals the one most of them hold is taken, on a tie the oldest (a replier
+/// cannot date a decision ahead to hold back newer ones), then the smallest ID.
 pub fn attested(
     replies: &BTreeMap<String, Vec<FinalizeMessage>>,
     need: usize,
     counts: impl Fn(&str) -> bool,
 ) -> Vec<Proposal> {
-    let mut by_decision: BTreeMap<(CheckKey, String), (Proposal, BTreeSet<&str>)> = BTreeMap::new();
+    type Held<'a> = (BTreeSet<&'a str>, BTreeMap<&'a str, (&'a Proposal, usize)>);
+    let mut by_status: BTreeMap<(CheckKey, bool), Held<'_>> = BTreeMap::new();
     for (replier, results) in replies {
         if !counts(replier) {
             continue;
         }
+        // One report per check and replier: a replier listing a check twice counts once.
+        let mut seen: BTreeSet<CheckKey> = BTreeSet::new();
         for f in results
             .iter()
             .filter(|f| f.passed && !f.proposal.id.is_empty())
         {
-            by_decision
-                .entry((CheckKey::of(&f.proposal), f.proposal.id.clone()))
-                .or_insert_with(|| (f.proposal.clone(), BTreeSet::new()))
-                .1
-                .insert(replier.as_str());
+            let key = CheckKey::of(&f.proposal);
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let (by, proposals) = by_status
+                .entry((key, f.proposal.proposed_status))
+                .or_default();
+            by.insert(replier.as_str());
+            proposals
+                .entry(f.proposal.id.as_str())
+                .or_insert((&f.proposal, 0))
+                .1 += 1;
         }
     }
-    by_decision
+    by_status
         .into_values()
-        .filter(|(_, by)| by.len() >= need.max(1))
-        .map(|(p, _)| p)
+        .filter(|(by, _)| by.len() >= need.max(1))
+        .filter_map(|(_, proposals)| {
+            proposals
+                .into_values()
+                .min_by(|(a, na), (b, nb)| {
+                    nb.cmp(na)
+                        .then(a.timestamp.instant().cmp(&b.timestamp.instant()))
+                        .then(a.id.cmp(&b.id))
+                })
+                .map(|(p, _)| p.clone())
+        })
         .collect()
 }
 
@@ -58,15 +85,38 @@ pub struct SyncOutcome {
 impl Consensus {
     /// This node's official results as finalize messages it sends, for a peer catching up.
     pub fn sync_snapshot(&self) -> Vec<FinalizeMessage> {
-        self.official
-            .values()
-            .map(|o| FinalizeMessage {
-                proposal: o.proposal.clone(),
-                sender_node_id: self.me.clone(),
-                passed: true,
-                decided_at: WireTime::from_utc(o.applied_at),
-            })
-            .collect()
+        self.official.values().map(|o| self.synced(o)).collect()
+    }
+
+    /// One page of [`Consensus::sync_snapshot`] in check order: at most `limit` results
+    /// for checks after `after`, and whether more follow. A peer pulls page by page, so a
+    /// node catching up (perhaps just cut off as a slow consumer) never has every monitor's
+    /// whole answer in flight at once.
+    pub fn sync_page(
+        &self,
+        after: Option<&CheckKey>,
+        limit: usize,
+    ) -> (Vec<(CheckKey, FinalizeMessage)>, bool) {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page: Vec<(CheckKey, FinalizeMessage)> = self
+            .official
+            .range((from, Bound::Unbounded))
+            .take(limit.max(1) + 1)
+            .map(|(k, o)| (k.clone(), self.synced(o)))
+            .collect();
+        let more = page.len() > limit.max(1);
+        page.truncate(limit.max(1));
+        (page, more)
+    }
+
+    fn synced(&self, o: &super::Official) -> FinalizeMessage {
+        FinalizeMessage {
+            proposal: o.proposal.clone(),
+            sender_node_id: self.me.clone(),
+            passed: true,
+            decided_at: WireTime::from_utc(o.applied_at),
+        }
     }
 
     /// Applies the official results other monitors reported (by replier). A decision is

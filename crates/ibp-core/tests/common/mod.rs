@@ -173,3 +173,12 @@ pub fn advance(e: &mut Engine, to: Now) -> Vec<Effect> {
     out.extend(e.tick(to));
     out
 }
+
+/// The proposal behind the official result of `member`'s check.
+pub fn official_id(e: &Engine, member: &str) -> Option<String> {
+    e.consensus()?
+        .official()
+        .values()
+        .find(|o| o.proposal.member_name == member)
+        .map(|o| o.proposal.id.clone())
+}

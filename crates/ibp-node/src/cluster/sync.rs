@@ -1,16 +1,19 @@
 //! Catching up from the cluster (a Rust extension on [`SUBJECT`], which Go nodes neither
 //! serve nor ask): a monitor asks the other monitors for their official results at start,
 //! after every reconnect and every `IbpNode.monitor.sync_interval`, and takes a result
-//! only when as many active monitors as a decision needs report the very same decision
-//! (`ibp_core::consensus::sync`). Answers are signed like consensus messages; in `enforce`
-//! mode only parts signed by the trusted key of the monitor they name count (in `verify`
-//! mode failures are counted and logged), so no stranger can pose as a quorum.
+//! only when as many active monitors as a decision needs report the same status
+//! (`ibp_core::consensus::sync`). It pulls the answers page by page, one page in flight
+//! per monitor, so a node just cut off as a slow consumer is not flooded again. Answers
+//! are signed like consensus messages; in `enforce` mode only parts signed by the trusted
+//! key of the monitor they name count (in `verify` mode failures are counted and logged),
+//! so no stranger can pose as a quorum.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use ibp_core::CheckKey;
 use ibp_core::consensus::SyncOutcome;
 use ibp_wire::{FinalizeMessage, Role};
 use serde::{Deserialize, Serialize};
@@ -23,6 +26,10 @@ pub const SUBJECT: &str = "ibp.ext.sync.official";
 
 /// Most results per reply message (parts also stay under half the server's `max_payload`).
 const CHUNK: usize = 200;
+
+/// Most bytes of results in one page: with one page in flight per monitor, a node catching
+/// up has at most this times the number of monitors coming at it.
+const PAGE_BYTES: usize = 64 * 1024;
 
 /// What one catch-up did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,18 +52,36 @@ pub(crate) struct Gathered {
     pub(crate) complete: usize,
 }
 
-/// A request: who asks (a node never answers itself).
+/// A request: who asks (a node never answers itself), whom (none: every monitor) and,
+/// when paged, which page. A request without `page` (an earlier Rust version asking) gets
+/// the whole answer in parts at once.
 #[derive(Debug, Serialize, Deserialize)]
 struct Ask {
     node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page: Option<PageAsk>,
 }
 
-/// One part of an answer.
+/// Which page: its number in this exchange and the check the previous page ended with.
+#[derive(Debug, Serialize, Deserialize)]
+struct PageAsk {
+    seq: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<CheckKey>,
+}
+
+/// One part of an answer; a paged one echoes the page number and names where it ended.
 #[derive(Debug, Serialize, Deserialize)]
 struct Part {
     node: String,
     results: Vec<FinalizeMessage>,
     last: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<CheckKey>,
 }
 
 impl Node {
@@ -75,58 +100,18 @@ impl Node {
                         return;
                     };
                     let me = node.inner.id.to_string();
-                    if ask.node == me {
+                    if ask.node == me || ask.to.as_ref().is_some_and(|to| *to != me) {
                         return;
                     }
-                    let all = node.read_engine(|e, _| e.sync_snapshot());
-                    // Parts of at most CHUNK results and half the server's max_payload.
-                    let budget = (node.inner.conn.max_payload() / 2).max(4096);
-                    let mut parts: Vec<Vec<FinalizeMessage>> = vec![Vec::new()];
-                    let mut size = 0;
-                    for f in all {
-                        let len = serde_json::to_vec(&f).map_or(0, |b| b.len()) + 1;
-                        let cur = parts.last().map_or(0, Vec::len);
-                        if cur > 0 && (cur >= CHUNK || size + len > budget) {
-                            parts.push(Vec::new());
-                            size = 0;
-                        }
-                        size += len;
-                        if let Some(p) = parts.last_mut() {
-                            p.push(f);
-                        }
-                    }
-                    let n = parts.len();
-                    for (i, results) in parts.into_iter().enumerate() {
-                        let part = Part {
-                            node: me.clone(),
-                            results,
-                            last: i + 1 == n,
-                        };
+                    let parts = match ask.page {
+                        Some(page) => vec![node.sync_page(&me, page)],
+                        None => node.sync_parts(&me),
+                    };
+                    for part in parts {
                         let Ok(bytes) = serde_json::to_vec(&part) else {
                             return;
                         };
-                        // Signed like every consensus message: in enforce mode the asker
-                        // counts only parts its trust list vouches for.
-                        let signed =
-                            node.inner
-                                .opts
-                                .security
-                                .sign(reply.as_str(), &bytes, node.now());
-                        let sent = match signed {
-                            Some(h) => {
-                                node.inner
-                                    .conn
-                                    .publish_with_headers(reply.as_str(), h, Bytes::from(bytes))
-                                    .await
-                            }
-                            None => {
-                                node.inner
-                                    .conn
-                                    .publish_bytes(reply.as_str(), Bytes::from(bytes))
-                                    .await
-                            }
-                        };
-                        if sent.is_err() {
+                        if node.send_part(reply.as_str(), bytes).await.is_err() {
                             return;
                         }
                     }
@@ -135,9 +120,90 @@ impl Node {
             .await
     }
 
-    /// Asks the other active monitors for their official results, waiting at most `within`
-    /// for each next part (a minute in all). Returns who was asked, what each answered, and
-    /// how many answered completely (their last part arrived).
+    /// Byte budget of one part: half the server's `max_payload`, and [`PAGE_BYTES`] for a
+    /// page.
+    fn part_budget(&self, paged: bool) -> usize {
+        let half = (self.inner.conn.max_payload() / 2).max(4096);
+        if paged { half.min(PAGE_BYTES) } else { half }
+    }
+
+    /// One page: at most [`CHUNK`] results and [`PAGE_BYTES`] after the asked check.
+    fn sync_page(&self, me: &str, page: PageAsk) -> Part {
+        let (results, more) = self.read_engine(|e, _| e.sync_page(page.after.as_ref(), CHUNK));
+        let budget = self.part_budget(true);
+        let mut size = 0;
+        let mut kept = Vec::with_capacity(results.len());
+        let mut next = None;
+        let total = results.len();
+        for (key, f) in results {
+            let len = serde_json::to_vec(&f).map_or(0, |b| b.len()) + 1;
+            if !kept.is_empty() && size + len > budget {
+                break;
+            }
+            size += len;
+            kept.push(f);
+            next = Some(key);
+        }
+        Part {
+            node: me.to_string(),
+            last: !more && kept.len() == total,
+            results: kept,
+            seq: Some(page.seq),
+            next,
+        }
+    }
+
+    /// The whole answer for an unpaged ask, in parts of at most [`CHUNK`] results and half
+    /// the server's `max_payload`.
+    fn sync_parts(&self, me: &str) -> Vec<Part> {
+        let all = self.read_engine(|e, _| e.sync_snapshot());
+        let budget = self.part_budget(false);
+        let mut parts: Vec<Vec<FinalizeMessage>> = vec![Vec::new()];
+        let mut size = 0;
+        for f in all {
+            let len = serde_json::to_vec(&f).map_or(0, |b| b.len()) + 1;
+            let cur = parts.last().map_or(0, Vec::len);
+            if cur > 0 && (cur >= CHUNK || size + len > budget) {
+                parts.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(p) = parts.last_mut() {
+                p.push(f);
+            }
+        }
+        let n = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, results)| Part {
+                node: me.to_string(),
+                results,
+                last: i + 1 == n,
+                seq: None,
+                next: None,
+            })
+            .collect()
+    }
+
+    /// Sends one part, signed like every consensus message: in enforce mode the asker
+    /// counts only parts its trust list vouches for.
+    async fn send_part(&self, reply: &str, bytes: Vec<u8>) -> Result<(), BusError> {
+        let conn = &self.inner.conn;
+        match self.inner.opts.security.sign(reply, &bytes, self.now()) {
+            Some(h) => {
+                conn.publish_with_headers(reply, h, Bytes::from(bytes))
+                    .await
+            }
+            None => conn.publish_bytes(reply, Bytes::from(bytes)).await,
+        }
+    }
+
+    /// Asks the other active monitors for their official results, page by page, waiting
+    /// at most `within` for each next part (a minute in all). Each monitor has one page in
+    /// flight at a time: a node just cut off as a slow consumer must not be sent every
+    /// monitor's whole answer at once. Returns who was asked, what each answered, and how
+    /// many answered completely (their last part arrived).
     pub(crate) async fn gather_official(&self, within: Duration) -> Result<Gathered, BusError> {
         let me = self.inner.id.to_string();
         let expected: BTreeSet<String> = self.read_engine(|e, now| {
@@ -163,15 +229,11 @@ impl Node {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| BusError::new("subscribe", &inbox, e))?;
-        let ask = serde_json::to_vec(&Ask { node: me.clone() })
-            .map_err(|e| BusError::new("encode", SUBJECT, e))?;
-        self.inner
-            .conn
-            .publish_request(SUBJECT, &inbox, Default::default(), Bytes::from(ask))
-            .await?;
+        // The first page is asked of everyone at once; an earlier Rust version ignores the
+        // page and sends its whole answer, once.
+        self.ask_page(&inbox, &me, None, 0, None).await?;
+        let mut want: BTreeMap<&str, u32> = expected.iter().map(|n| (n.as_str(), 0)).collect();
         let mut done: BTreeSet<String> = BTreeSet::new();
-        // Wait `within` for the next part, however long the whole answer takes (large
-        // official sets on a loaded cluster), but never more than a minute in all.
         let cap = Instant::now() + Duration::from_secs(60);
         while done.len() < expected.len() {
             let left = within.min(cap.saturating_duration_since(Instant::now()));
@@ -182,7 +244,10 @@ impl Node {
                 self.inner.metrics.decode_failed(SUBJECT);
                 continue;
             };
-            if !expected.contains(&part.node) || done.contains(&part.node) {
+            let Some(&seq) = want.get(part.node.as_str()) else {
+                continue;
+            };
+            if done.contains(&part.node) || part.seq.is_some_and(|s| s != seq) {
                 continue;
             }
             let sec = &self.inner.opts.security;
@@ -200,17 +265,60 @@ impl Node {
             ) {
                 continue;
             }
-            if part.last {
-                done.insert(part.node.clone());
+            let Part {
+                node,
+                results,
+                last,
+                seq: paged,
+                next,
+            } = part;
+            replies.entry(node.clone()).or_default().extend(results);
+            if last {
+                done.insert(node);
+            } else if paged.is_some() {
+                // A page that is not the last but names no end cannot be continued.
+                let Some(after) = next else {
+                    self.inner.metrics.decode_failed(SUBJECT);
+                    done.insert(node);
+                    continue;
+                };
+                if let Some(s) = expected.get(&node).and_then(|n| want.get_mut(n.as_str())) {
+                    *s += 1;
+                    self.ask_page(&inbox, &me, Some(&node), *s, Some(after))
+                        .await?;
+                }
             }
-            replies.entry(part.node).or_default().extend(part.results);
         }
+        self.inner
+            .metrics
+            .sync_pages(want.values().map(|s| u64::from(*s) + 1).sum());
         let _ = sub.unsubscribe().await;
         Ok(Gathered {
             asked: expected,
             replies,
             complete: done.len(),
         })
+    }
+
+    /// Asks for page `seq` (of `to`, or of every monitor), replies to `inbox`.
+    async fn ask_page(
+        &self,
+        inbox: &str,
+        me: &str,
+        to: Option<&str>,
+        seq: u32,
+        after: Option<CheckKey>,
+    ) -> Result<(), BusError> {
+        let ask = serde_json::to_vec(&Ask {
+            node: me.to_string(),
+            to: to.map(str::to_string),
+            page: Some(PageAsk { seq, after }),
+        })
+        .map_err(|e| BusError::new("encode", SUBJECT, e))?;
+        self.inner
+            .conn
+            .publish_request(SUBJECT, inbox, Default::default(), Bytes::from(ask))
+            .await
     }
 
     /// The number of agreeing monitors a decision needs now (majority of the active ones,
