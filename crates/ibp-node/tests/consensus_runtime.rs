@@ -289,6 +289,22 @@ async fn rust_monitor_and_go_peers() -> (Node, NatsServer, async_nats::Client) {
     (node, server, raw)
 }
 
+/// A Rust monitor that knows the three captured Go monitors and has learned their decision
+/// on `m1` from their finalizes alone (nothing to count).
+async fn a_go_finalize_applied() -> (Node, NatsServer, async_nats::Client, Decision) {
+    let (node, server, raw) = rust_monitor_and_go_peers().await;
+    let mut rx = node.decisions();
+    replay_go_run(&raw, |s| s == "consensus.cluster").await;
+    assert!(
+        node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
+            .await,
+        "three Go monitors and itself"
+    );
+    replay_go_run(&raw, |s| s == "consensus.finalize").await;
+    let d = decision_for(&mut rx, "m1").await;
+    (node, server, raw, d)
+}
+
 /// Publishes the captured Go run, only the subjects `keep` accepts.
 async fn replay_go_run(raw: &async_nats::Client, keep: impl Fn(&str) -> bool) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -342,16 +358,8 @@ async fn a_rust_monitor_decides_from_the_captured_go_votes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monitor_serves_catch_up_pages_to_whom_they_are_asked_and_whole_answers_to_old_askers() {
     use futures::StreamExt;
-    let (node, _server, raw) = rust_monitor_and_go_peers().await;
-    let mut rx = node.decisions();
-    replay_go_run(&raw, |s| s == "consensus.cluster").await;
-    assert!(
-        node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
-            .await,
-        "three Go monitors and itself"
-    );
-    replay_go_run(&raw, |s| s == "consensus.finalize").await;
-    decision_for(&mut rx, "m1").await;
+    let (_node, _server, raw, d) = a_go_finalize_applied().await;
+    assert!(d.passed);
     let inbox = raw.new_inbox();
     let mut answers = raw.subscribe(inbox.clone()).await.expect("sub");
     let ask = |v: serde_json::Value| {
@@ -408,17 +416,7 @@ async fn a_monitor_serves_catch_up_pages_to_whom_they_are_asked_and_whole_answer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_monitor_applies_a_captured_go_finalize() {
-    let (node, _server, raw) = rust_monitor_and_go_peers().await;
-    let mut rx = node.decisions();
-    replay_go_run(&raw, |s| s == "consensus.cluster").await;
-    assert!(
-        node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
-            .await,
-        "three Go monitors and itself"
-    );
-    // Only the Go finalizes: nothing to count, the decision is learned.
-    replay_go_run(&raw, |s| s == "consensus.finalize").await;
-    let d = decision_for(&mut rx, "m1").await;
+    let (node, _server, _raw, d) = a_go_finalize_applied().await;
     assert!(d.passed && !d.by_self, "learned from a Go finalize");
     assert_eq!(d.finalizer, "monitor-go-1");
     assert_eq!(official(&node, "m1"), Some(false));

@@ -232,7 +232,7 @@ impl Node {
         // The first page is asked of everyone at once; an earlier Rust version ignores the
         // page and sends its whole answer, once.
         self.ask_page(&inbox, &me, None, 0, None).await?;
-        let mut want: BTreeMap<&str, u32> = expected.iter().map(|n| (n.as_str(), 0)).collect();
+        let mut want: BTreeMap<String, u32> = expected.iter().map(|n| (n.clone(), 0)).collect();
         let mut done: BTreeSet<String> = BTreeSet::new();
         let cap = Instant::now() + Duration::from_secs(60);
         while done.len() < expected.len() {
@@ -282,11 +282,10 @@ impl Node {
                     done.insert(node);
                     continue;
                 };
-                if let Some(s) = expected.get(&node).and_then(|n| want.get_mut(n.as_str())) {
-                    *s += 1;
-                    self.ask_page(&inbox, &me, Some(&node), *s, Some(after))
-                        .await?;
-                }
+                let next_seq = seq + 1;
+                want.insert(node.clone(), next_seq);
+                self.ask_page(&inbox, &me, Some(&node), next_seq, Some(after))
+                    .await?;
             }
         }
         self.inner
