@@ -629,8 +629,13 @@ impl Consensus {
             }
             t.votes.insert(v.node_id, v.agree);
             let id = v.proposal_id;
-            if !self.decide(&id, now, m, c, out) {
-                self.release_held(&id, now, m, c, out);
+            // A finalize already here, now backed, is applied as received (as a Go
+            // monitor applies a finalize) before this node would decide the same itself:
+            // both need the same agreeing votes, and deciding would publish one more
+            // finalize of a decision the cluster already has.
+            self.release_held(&id, now, m, c, out);
+            if self.tracked.contains_key(&id) {
+                self.decide(&id, now, m, c, out);
             }
             return;
         }

@@ -183,6 +183,49 @@ fn with_a_quorum_floor_a_minority_never_decides_even_after_it_stops_hearing_the_
     }
 }
 
+/// With finalizes backed by votes (trust enforced, or a floor), a finalize that arrives
+/// before the votes behind it is held; the vote that backs it applies that finalize, as a
+/// Go monitor applies one, and this node publishes no second finalize of the decision.
+#[test]
+fn a_held_finalize_once_backed_is_applied_as_received_without_a_finalize_of_our_own() {
+    let cfg = CoreConfig {
+        verify_finalizes: true,
+        ..CoreConfig::default()
+    };
+    let mut e = engine("m1", Role::Monitor, cfg);
+    with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
+    set_local(&mut e, "alpha", false, t0());
+    let p = proposal("A", "m2", "alpha", false, t0());
+    // The proposal and this node's own vote; then m2's finalize, ahead of the votes.
+    let fx = e.handle(Input::Proposal(p.clone()), at(1));
+    assert_eq!(votes_out(&fx).len(), 1);
+    let fx = e.handle(finalize(&p, "m2", true), at(2));
+    assert!(applied(&fx).is_empty(), "held: one agreeing vote of three");
+    let fx = e.handle(vote("A", "m2", true), at(3));
+    assert!(applied(&fx).is_empty(), "held: two of three");
+    let fx = e.handle(vote("A", "m3", true), at(4));
+    assert_eq!(applied(&fx).len(), 1, "backed now: applied");
+    assert!(
+        finalizes_out(&fx).is_empty(),
+        "the cluster has this decision's finalize already"
+    );
+    assert!(
+        fx.iter().any(
+            |x| matches!(x, Effect::Decided(d) if !d.by_self && d.finalizer == "m2" && d.passed)
+        )
+    );
+    assert_eq!(official(&e, "alpha"), Some(false));
+    // Without a finalize received first, the same votes make this node decide and
+    // publish its own.
+    set_local(&mut e, "beta", false, at(10));
+    let q = proposal("B", "m2", "beta", false, at(10));
+    e.handle(Input::Proposal(q), at(11));
+    e.handle(vote("B", "m2", true), at(12));
+    let fx = e.handle(vote("B", "m3", true), at(13));
+    assert_eq!(finalizes_out(&fx).len(), 1);
+    assert_eq!(official(&e, "beta"), Some(false));
+}
+
 #[test]
 fn a_clean_leave_stops_the_node_counting_at_once_and_a_later_join_brings_it_back() {
     let mut e = monitor("m1");

@@ -5,7 +5,9 @@
 //!    And at 5 monitors with every message signed and verified (enforce mode) against
 //!    the same without: what trust costs a decision (each variant on its own
 //!    nats-server, one decision of each in turn).
-//!    `cargo bench -p ibp-node --bench consensus -- trust` runs only that comparison.
+//!    `cargo bench -p ibp-node --bench consensus -- trust` runs only that comparison;
+//!    `IBP_BENCH_TRUST_ONLY=off|backed|enforce|signed` runs one variant alone (to profile
+//!    it, or to read its CPU with `perf stat`) and prints its messages per decision.
 //! 2. Cold-start burst: 5 monitors each propose 1,000 distinct checks at once; the time until
 //!    all 5,000 are finalized on every monitor, and how many were lost.
 
@@ -169,6 +171,8 @@ fn checks_per_decision(nodes: &[Node], trials: usize) -> String {
                 "ibp_trust_verified_total",
                 "ibp_trust_by_mac_total",
                 "ibp_trust_moot_total",
+                "ibp_messages_in_total",
+                "ibp_messages_out_total",
             ] {
                 if let Some(rest) = l.strip_prefix(name)
                     && let Some((labels, v)) = rest.rsplit_once(' ')
@@ -201,10 +205,18 @@ async fn latency(url: &str, n: usize, trials: usize, trust: Trust) -> Vec<Durati
 /// nats-server (their subjects are the same), one decision of each in turn so the
 /// machine's drift hits all alike.
 async fn trust_compare(trials: usize) -> Vec<(Trust, Vec<Duration>)> {
-    let variants = [Trust::Off, Trust::Backed, Trust::Enforce, Trust::Signed];
+    let all = [Trust::Off, Trust::Backed, Trust::Enforce, Trust::Signed];
+    let only = std::env::var("IBP_BENCH_TRUST_ONLY").ok();
+    let variants: Vec<Trust> = all
+        .into_iter()
+        .filter(|v| {
+            only.as_deref()
+                .is_none_or(|o| format!("{v:?}").eq_ignore_ascii_case(o))
+        })
+        .collect();
     let mut servers = Vec::new();
     let mut sets = Vec::new();
-    for v in variants {
+    for &v in &variants {
         let server = NatsServer::start().expect("nats-server");
         let tag = tag_of(5, v);
         sets.push((
@@ -227,7 +239,7 @@ async fn trust_compare(trials: usize) -> Vec<(Trust, Vec<Duration>)> {
         }
     }
     for (v, _, nodes) in sets {
-        if v == Trust::Enforce {
+        if v == Trust::Enforce || only.is_some() {
             println!(
                 "  per decision, all 5 monitors: {}",
                 checks_per_decision(&nodes, trials + 20)
@@ -363,12 +375,18 @@ fn main() {
             ("signed (enforce)", &signed),
             ("signed, nothing checked (off with keys)", &keyed_off),
         ] {
+            if l.is_empty() {
+                continue;
+            }
             println!(
                 "decision latency, 5 monitors, {what}, {} decisions: p50 {:.3} ms  p99 {:.3} ms",
                 l.len(),
                 pct(l, 0.5).as_secs_f64() * 1e3,
                 pct(l, 0.99).as_secs_f64() * 1e3,
             );
+        }
+        if [&plain, &backed, &signed, &keyed_off].iter().any(|l| l.is_empty()) {
+            return; // one variant alone (IBP_BENCH_TRUST_ONLY): nothing to compare
         }
         let d = |a: &[Duration], b: &[Duration], p: f64| (pct(a, p).as_secs_f64() - pct(b, p).as_secs_f64()) * 1e3;
         println!(

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use chrono::{DateTime, Utc};
 use ibp_trust::{
     HDR_KEY, HDR_MAC, HDR_SIG, HDR_SIG_TIME, Identity, Mode, Pairwise, Reject, SigHeaders,
@@ -212,8 +213,8 @@ impl Security {
         })
     }
 
-    /// Tops up the signing nonces in the background (on the runtime's blocking pool) when
-    /// they run low; without a runtime, or with a refill already running, nothing.
+    /// Tops up the signing nonces in the background (a thread at idle priority) when they
+    /// run low; without a runtime, or with a refill already running, nothing.
     pub fn refill_nonces(&self) {
         use std::sync::atomic::Ordering;
         let Some(id) = self.identity.clone() else {
@@ -222,17 +223,32 @@ impl Security {
         if id.nonces_left() >= NONCES_LOW {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        // Outside a running node (a one-shot tool, a unit test) signing draws on the spot.
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
+        }
         if self.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let flag = self.refilling.clone();
-        rt.spawn_blocking(move || {
-            id.precompute(NONCES_READY);
+        // A thread of its own at idle priority, not the runtime's blocking pool: a refill
+        // is ~7 ms of curve arithmetic that must not take a core from the decision it
+        // follows (on two cores it did: the next hop's receivers waited for it). It runs
+        // when the machine has nothing else to do; a monitor kept busy that long signs
+        // with nonces drawn on the spot, which is slower, never wrong.
+        let spawned = std::thread::Builder::new()
+            .name("ibp-nonces".into())
+            .spawn({
+                let flag = flag.clone();
+                move || {
+                    idle_priority();
+                    id.precompute(NONCES_READY);
+                    flag.store(false, Ordering::Release);
+                }
+            });
+        if spawned.is_err() {
             flag.store(false, Ordering::Release);
-        });
+        }
     }
 
     /// Trusted senders refused in the last [`SKEW_SHOWN`] because their signatures were
@@ -311,12 +327,13 @@ impl Security {
         {
             v.remember_own(&s.sig, now, now);
         }
+        // Static names and owned values: no copies on a path every publication takes.
         let mut h = HeaderMap::new();
-        h.insert(HDR_KEY, s.key.as_str());
-        h.insert(HDR_SIG_TIME, s.time.as_str());
-        h.insert(HDR_SIG, s.sig.as_str());
-        if let Some(mac) = &s.mac {
-            h.insert(HDR_MAC, mac.as_str());
+        h.insert(NAME_KEY, s.key);
+        h.insert(NAME_SIG_TIME, s.time);
+        h.insert(NAME_SIG, s.sig);
+        if let Some(mac) = s.mac {
+            h.insert(NAME_MAC, mac);
         }
         Some(h)
     }
@@ -332,10 +349,10 @@ impl Security {
         payload: &[u8],
         now: DateTime<Utc>,
     ) -> bool {
-        let sender = claim.ids.first().map(|s| s.to_string());
-        let signed_at = sig_headers(headers).time.map(str::to_string);
+        let h = sig_headers(headers);
+        let sender = claim.ids.first().copied();
         let mut expired = false;
-        let ok = self.check(metrics, subject, Some(claim), headers, |v, trust, h| {
+        let ok = self.check(metrics, subject, Some(claim), h, |v, trust, h| {
             let before = v.accepted_by_mac();
             let r = v.verify(trust, subject, payload, h, now);
             metrics.trust_replay_memory.set(v.remembered() as i64);
@@ -349,16 +366,16 @@ impl Security {
             r
         });
         if expired
-            && let (Some(who), Some(t)) = (sender, signed_at)
-            && self.trust().knows_id(&who)
-            && let Ok(at) = DateTime::parse_from_rfc3339(&t)
+            && let (Some(who), Some(t)) = (sender, h.time)
+            && self.trust().knows_id(who)
+            && let Ok(at) = DateTime::parse_from_rfc3339(t)
             && let Ok(mut skews) = self.skews.lock()
         {
             let skew = at
                 .with_timezone(&Utc)
                 .signed_duration_since(now)
                 .num_seconds();
-            skews.insert(who, (skew, now));
+            skews.insert(who.to_string(), (skew, now));
         }
         ok
     }
@@ -373,9 +390,13 @@ impl Security {
         payload: &[u8],
         now: DateTime<Utc>,
     ) -> bool {
-        self.check(metrics, subject, None, headers, |v, trust, h| {
-            v.verify(trust, subject, payload, h, now)
-        })
+        self.check(
+            metrics,
+            subject,
+            None,
+            sig_headers(headers),
+            |v, trust, h| v.verify(trust, subject, payload, h, now),
+        )
     }
 
     /// Checks a message a JetStream stream stored at `stored_at` (aged by that time; see
@@ -389,9 +410,13 @@ impl Security {
         payload: &[u8],
         stored_at: DateTime<Utc>,
     ) -> bool {
-        self.check(metrics, subject, Some(claim), headers, |v, trust, h| {
-            v.verify_stored(trust, subject, payload, h, stored_at)
-        })
+        self.check(
+            metrics,
+            subject,
+            Some(claim),
+            sig_headers(headers),
+            |v, trust, h| v.verify_stored(trust, subject, payload, h, stored_at),
+        )
     }
 
     /// Verifies a message; with a `claim`, the key must also be the sender's and role's
@@ -401,14 +426,13 @@ impl Security {
         metrics: &Metrics,
         subject: &str,
         claim: Option<Claim<'_>>,
-        headers: Option<&HeaderMap>,
+        h: SigHeaders<'_>,
         verify: impl FnOnce(&mut Verifier, &TrustList, SigHeaders<'_>) -> Result<Trusted, Reject>,
     ) -> bool {
         if !self.mode.checks() {
             return true;
         }
         let trust = self.trust();
-        let h = sig_headers(headers);
         let verdict = self
             .verifier
             .lock()
@@ -456,6 +480,22 @@ impl Security {
     }
 }
 
+/// Lowers the calling thread to the idle scheduling class (Linux `SCHED_IDLE`: it runs
+/// only on a core nothing else wants). Best effort: elsewhere, or when refused, the thread
+/// keeps its priority.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param for the call; pid 0 is the calling
+        // thread (scheduling policy is per thread on Linux), nothing else is touched.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "nonce refill keeps normal priority");
+        }
+    }
+}
+
 /// The keys a node with `identity` shares with the nodes of `trust` (none without a key
 /// or with nobody trusted).
 fn pairwise_of(identity: Option<&Identity>, trust: &TrustList) -> Option<Arc<Pairwise>> {
@@ -475,13 +515,20 @@ fn check_claim(who: &Trusted, claim: &Claim<'_>) -> Result<(), Reject> {
     }
 }
 
+// Header names built once: looking up or inserting by `&str` makes a `HeaderName` (an
+// allocation and a scan of the standard names) on every call.
+const NAME_KEY: HeaderName = HeaderName::from_static(HDR_KEY);
+const NAME_SIG_TIME: HeaderName = HeaderName::from_static(HDR_SIG_TIME);
+const NAME_SIG: HeaderName = HeaderName::from_static(HDR_SIG);
+const NAME_MAC: HeaderName = HeaderName::from_static(HDR_MAC);
+
 fn sig_headers(h: Option<&HeaderMap>) -> SigHeaders<'_> {
-    let get = |k: &str| h.and_then(|h| h.get(k)).map(|v| v.as_str());
+    let get = |k: HeaderName| h.and_then(|h| h.get(k)).map(|v| v.as_str());
     SigHeaders {
-        key: get(HDR_KEY),
-        time: get(HDR_SIG_TIME),
-        sig: get(HDR_SIG),
-        mac: get(HDR_MAC),
+        key: get(NAME_KEY),
+        time: get(NAME_SIG_TIME),
+        sig: get(NAME_SIG),
+        mac: get(NAME_MAC),
     }
 }
 

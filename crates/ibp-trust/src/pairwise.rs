@@ -20,7 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use hmac::{Hmac, Mac};
 use ibp_wire::Role;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -93,12 +93,13 @@ impl Pairwise {
         if self.receivers.is_empty() {
             return None;
         }
+        let covered = digest(sig, input);
         let mut out = String::with_capacity(self.receivers.len() * 23);
         for (i, key) in self.receivers.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            URL_SAFE_NO_PAD.encode_string(tag(key, sig, input), &mut out);
+            URL_SAFE_NO_PAD.encode_string(tag(key, &covered), &mut out);
         }
         Some(out)
     }
@@ -112,7 +113,7 @@ impl Pairwise {
         };
         // No header can make this node compare more than a monitor count's worth of tags.
         const MAX_TAGS: usize = 256;
-        let want = tag(key, sig, input);
+        let want = tag(key, &digest(sig, input));
         header.split(',').take(MAX_TAGS).any(|part| {
             let mut given = [0u8; TAG_BYTES];
             // Exactly one tag's worth: a shortened tag would be a shorter guess.
@@ -129,10 +130,20 @@ impl Pairwise {
     }
 }
 
-fn tag(key: &[u8; 32], sig: &[u8; 64], input: &[u8]) -> [u8; TAG_BYTES] {
+/// What every tag of a message covers: `SHA-256(sig || input)`, hashed once per message
+/// rather than once per receiver (a signer makes a tag for every other monitor; the
+/// message is most of the bytes).
+fn digest(sig: &[u8; 64], input: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(sig)
+        .chain_update(input)
+        .finalize()
+        .into()
+}
+
+fn tag(key: &[u8; 32], covered: &[u8; 32]) -> [u8; TAG_BYTES] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(sig);
-    mac.update(input);
+    mac.update(covered);
     let full = mac.finalize().into_bytes();
     let mut out = [0u8; TAG_BYTES];
     out.copy_from_slice(&full[..TAG_BYTES]);
