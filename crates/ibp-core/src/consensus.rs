@@ -629,14 +629,7 @@ impl Consensus {
             }
             t.votes.insert(v.node_id, v.agree);
             let id = v.proposal_id;
-            // A finalize already here, now backed, is applied as received (as a Go
-            // monitor applies a finalize) before this node would decide the same itself:
-            // both need the same agreeing votes, and deciding would publish one more
-            // finalize of a decision the cluster already has.
-            self.release_held(&id, now, m, c, out);
-            if self.tracked.contains_key(&id) {
-                self.decide(&id, now, m, c, out);
-            }
+            self.settle(&id, now, m, c, out);
             return;
         }
         if !self.pending.contains_key(&v.proposal_id)
@@ -661,6 +654,31 @@ impl Consensus {
         self.release_held(&id, now, m, c, out);
     }
 
+    /// Concludes a tracked proposal if its votes allow: a finalize already here and now
+    /// backed is applied as received (as a Go monitor applies a finalize) before this
+    /// node would decide the same itself. Both need the same agreeing votes, and deciding
+    /// would publish one more finalize of a decision the cluster already has. Returns
+    /// whether the proposal is concluded.
+    fn settle(
+        &mut self,
+        id: &str,
+        now: Now,
+        m: &Membership,
+        c: &mut Counters,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        self.release_held(id, now, m, c, out);
+        !self.tracked.contains_key(id) || self.decide(id, now, m, c, out)
+    }
+
+    /// Whether `p` claims the ID of a tracked proposal but another check or status.
+    fn differs_from_tracked(&self, p: &Proposal) -> bool {
+        self.tracked.get(&p.id).is_some_and(|t| {
+            CheckKey::of(&t.proposal) != CheckKey::of(p)
+                || t.proposal.proposed_status != p.proposed_status
+        })
+    }
+
     /// Applies a held finalize once the votes behind it are here.
     fn release_held(
         &mut self,
@@ -673,11 +691,26 @@ impl Consensus {
         if !self.held.contains_key(id) {
             return;
         }
+        // Votes name only a proposal ID: a finalize backed by them must be about the
+        // proposal they were cast on, or one trusted monitor could pair honest votes with
+        // another check or status of its own under the same ID.
+        if self
+            .held
+            .get(id)
+            .is_some_and(|h| self.differs_from_tracked(&h.finalize.proposal))
+        {
+            self.held.remove(id);
+            c.finalizes_mismatched += 1;
+            return;
+        }
         let (yes, need) = self.backing(id, now, m);
         if yes >= need
-            && let Some(h) = self.held.remove(id)
+            && let Some(mut h) = self.held.remove(id)
         {
             c.finalizes_released += 1;
+            // Dated by this node's clock, as its own decision would be: it decided when
+            // it held the votes, whatever the finalizer's clock says.
+            h.finalize.decided_at = WireTime::from_utc(now);
             self.apply_finalize(h.finalize, now, c, out);
         }
     }
@@ -704,6 +737,10 @@ impl Consensus {
             return;
         }
         if f.passed && self.tally_required() && !self.already_decided(&id, true) {
+            if self.differs_from_tracked(&f.proposal) {
+                c.finalizes_mismatched += 1;
+                return;
+            }
             let (yes, need) = self.backing(&id, now, m);
             if yes < need {
                 if !self.held.contains_key(&id) {
@@ -791,7 +828,7 @@ impl Consensus {
                 t.votes.insert(node, agree);
             }
         }
-        self.decide(id, now, m, c, out);
+        self.settle(id, now, m, c, out);
     }
 
     /// Votes from the local observation, records the vote at once (no echo), publishes it.
@@ -825,7 +862,7 @@ impl Consensus {
             agree,
             timestamp: WireTime::from_utc(now),
         })));
-        self.decide(id, now, m, c, out);
+        self.settle(id, now, m, c, out);
     }
 
     /// The number of votes a decision needs with `total` active monitors.
@@ -1084,7 +1121,7 @@ impl Consensus {
         };
         t.timeouts += 1;
         let timeouts = t.timeouts;
-        if self.decide(id, now, m, c, out) {
+        if self.settle(id, now, m, c, out) {
             return;
         }
         if m.role() != Role::Monitor {
@@ -1175,7 +1212,7 @@ impl Consensus {
     ) {
         let ids: Vec<String> = self.tracked.keys().cloned().collect();
         for id in ids {
-            self.decide(&id, now, m, c, out);
+            self.settle(&id, now, m, c, out);
         }
     }
 

@@ -50,6 +50,9 @@ pub struct Counters {
     pub finalizes_released: u64,
     /// Held finalizes dropped: their votes never came (minority, one-vote or forged).
     pub finalizes_unbacked: u64,
+    /// Held finalizes dropped because their proposal is not the one this node tracks
+    /// under that ID (the votes behind them were cast on another check or status).
+    pub finalizes_mismatched: u64,
     /// Proposals, observations and decisions about members or checks this node does not
     /// know (not in its lists).
     pub unknown_checks: u64,

@@ -211,8 +211,10 @@ fn a_held_finalize_once_backed_is_applied_as_received_without_a_finalize_of_our_
     );
     assert!(
         fx.iter().any(
-            |x| matches!(x, Effect::Decided(d) if !d.by_self && d.finalizer == "m2" && d.passed)
-        )
+            |x| matches!(x, Effect::Decided(d) if !d.by_self && d.finalizer == "m2"
+            && d.passed && d.decided_at == ibp_wire::WireTime::from_utc(at(4)))
+        ),
+        "applied as m2's, dated when this node held the votes (not by m2's clock)"
     );
     assert_eq!(official(&e, "alpha"), Some(false));
     // Without a finalize received first, the same votes make this node decide and
@@ -224,6 +226,68 @@ fn a_held_finalize_once_backed_is_applied_as_received_without_a_finalize_of_our_
     let fx = e.handle(vote("B", "m3", true), at(13));
     assert_eq!(finalizes_out(&fx).len(), 1);
     assert_eq!(official(&e, "beta"), Some(false));
+}
+
+/// This node's own vote can be the one that backs a held finalize (the finalize and the
+/// others' votes came before the proposal): the finalize is applied as received then too.
+#[test]
+fn a_held_finalize_backed_by_this_nodes_own_vote_is_applied_as_received() {
+    let cfg = CoreConfig {
+        verify_finalizes: true,
+        ..CoreConfig::default()
+    };
+    let mut e = engine("m1", Role::Monitor, cfg);
+    with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
+    set_local(&mut e, "alpha", false, t0());
+    let p = proposal("A", "m2", "alpha", false, t0());
+    e.handle(finalize(&p, "m2", true), at(1));
+    e.handle(vote("A", "m2", true), at(2));
+    e.handle(vote("A", "m3", true), at(3));
+    assert_eq!(
+        official(&e, "alpha"),
+        None,
+        "two of three, and no proposal yet"
+    );
+    let fx = e.handle(Input::Proposal(p), at(4));
+    assert_eq!(votes_out(&fx).len(), 1, "its own vote, the third");
+    assert_eq!(applied(&fx).len(), 1);
+    assert!(finalizes_out(&fx).is_empty());
+    assert_eq!(official(&e, "alpha"), Some(false));
+}
+
+/// Votes name only a proposal ID. A finalize under a tracked proposal's ID but about
+/// another check or status is never applied on those votes, whether it comes before the
+/// proposal (held) or after it; the tracked proposal is decided as this node counts it.
+#[test]
+fn a_finalize_that_swaps_the_body_of_a_tracked_proposal_is_refused_and_counted() {
+    let cfg = CoreConfig {
+        verify_finalizes: true,
+        ..CoreConfig::default()
+    };
+    for swapped_first in [true, false] {
+        let mut e = engine("m1", Role::Monitor, cfg.clone());
+        with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
+        set_local(&mut e, "alpha", false, t0());
+        let real = proposal("A", "m2", "alpha", false, t0());
+        let swapped = proposal("A", "m2", "beta", false, t0());
+        if swapped_first {
+            e.handle(finalize(&swapped, "m2", true), at(1));
+            e.handle(Input::Proposal(real.clone()), at(2));
+        } else {
+            e.handle(Input::Proposal(real.clone()), at(1));
+            e.handle(finalize(&swapped, "m2", true), at(2));
+        }
+        assert_eq!(
+            e.counters().finalizes_mismatched,
+            1,
+            "swapped first: {swapped_first}"
+        );
+        e.handle(vote("A", "m2", true), at(3));
+        let fx = e.handle(vote("A", "m3", true), at(4));
+        assert_eq!(official(&e, "beta"), None, "swapped first: {swapped_first}");
+        assert_eq!(official(&e, "alpha"), Some(false));
+        assert_eq!(finalizes_out(&fx).len(), 1, "decided by this node itself");
+    }
 }
 
 #[test]

@@ -214,6 +214,10 @@ async fn trust_compare(trials: usize) -> Vec<(Trust, Vec<Duration>)> {
                 .is_none_or(|o| format!("{v:?}").eq_ignore_ascii_case(o))
         })
         .collect();
+    assert!(
+        !variants.is_empty(),
+        "IBP_BENCH_TRUST_ONLY is one of off, backed, enforce, signed"
+    );
     let mut servers = Vec::new();
     let mut sets = Vec::new();
     for &v in &variants {

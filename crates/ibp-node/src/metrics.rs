@@ -412,6 +412,11 @@ impl Metrics {
                 now.finalizes_unbacked,
                 last.finalizes_unbacked,
             ),
+            (
+                "finalize_mismatched",
+                now.finalizes_mismatched,
+                last.finalizes_mismatched,
+            ),
             ("unknown_check", now.unknown_checks, last.unknown_checks),
             (
                 "refused_result_cap",

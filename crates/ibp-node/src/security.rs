@@ -241,9 +241,16 @@ impl Security {
             .spawn({
                 let flag = flag.clone();
                 move || {
+                    // Cleared however the refill ends, so a later one can start.
+                    struct Done(Arc<std::sync::atomic::AtomicBool>);
+                    impl Drop for Done {
+                        fn drop(&mut self) {
+                            self.0.store(false, std::sync::atomic::Ordering::Release);
+                        }
+                    }
+                    let _done = Done(flag);
                     idle_priority();
                     id.precompute(NONCES_READY);
-                    flag.store(false, Ordering::Release);
                 }
             });
         if spawned.is_err() {
@@ -486,10 +493,13 @@ impl Security {
 fn idle_priority() {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a valid sched_param for the call; pid 0 is the calling
-        // thread (scheduling policy is per thread on Linux), nothing else is touched.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        // SAFETY: an all-zero sched_param is valid on every libc (priority 0, which
+        // SCHED_IDLE requires; musl has further fields); pid 0 is the calling thread
+        // (scheduling policy is per thread on Linux); nothing else is touched.
+        let rc = unsafe {
+            let param: libc::sched_param = std::mem::zeroed();
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        };
         if rc != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "nonce refill keeps normal priority");
         }

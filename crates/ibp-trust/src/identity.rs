@@ -227,7 +227,10 @@ impl Identity {
 
     /// An Ed25519 signature of `input`: `R || s` with `s = H(R || A || input)·a + r`.
     fn sign_raw(&self, input: &[u8]) -> [u8; 64] {
-        let pooled = self.nonces.lock().ok().and_then(|mut p| p.pop());
+        // Never wait for the pool: the refill holds its lock from a thread at idle
+        // priority, which a busy machine may not run for a while. Busy or poisoned, a
+        // nonce is drawn on the spot.
+        let pooled = self.nonces.try_lock().ok().and_then(|mut p| p.pop());
         let Some(n) = pooled.or_else(Nonce::fresh) else {
             // No randomness to be had: the deterministic RFC 8032 signature. Signing with
             // a loaded private key cannot fail (nkeys errs only for public-only pairs).

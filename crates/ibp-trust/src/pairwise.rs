@@ -5,10 +5,10 @@
 //! monitor checks the proposal and the votes it counts). As in PBFT, a sender also
 //! attaches one short MAC per receiver, keyed by a secret only the two share: both derive
 //! it from their Ed25519 keys (converted to X25519, as libsodium's
-//! `crypto_sign_ed25519_*_to_curve25519` does) with a static Diffie-Hellman. A MAC over the
-//! signature and the signed bytes, under that key, proves to the receiver the message
-//! comes from the holder of the sender's key just as the signature does, for about a
-//! hundredth of the cost. The Ed25519 signature still travels with every message, so
+//! `crypto_sign_ed25519_*_to_curve25519` does) with a static Diffie-Hellman. A MAC over a
+//! SHA-256 of the signature and the signed bytes, under that key, proves to the receiver
+//! the message comes from the holder of the sender's key just as the signature does, for
+//! about a hundredth of the cost. The Ed25519 signature still travels with every message, so
 //! nodes without a pairwise key (DNS nodes, the collator, other implementations) and
 //! anyone auditing later verify it as before; a receiver whose authenticator is missing or
 //! does not match falls back to it. Format in `docs/signing.md`.
