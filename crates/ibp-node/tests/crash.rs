@@ -15,7 +15,7 @@ async fn monitor_with(
     nats: &str,
     dir: &std::path::Path,
     env: &[(&str, &str)],
-) -> (std::process::Child, String) {
+) -> (common::Spawned, String) {
     let http = format!("127.0.0.1:{}", free_port());
     let db = format!("sqlite://{}", dir.join(format!("{id}.db")).display());
     let cfg = dir.join(format!("{id}.json"));

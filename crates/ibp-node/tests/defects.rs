@@ -223,6 +223,41 @@ async fn a_dns_node_is_never_counted_twice_when_it_restarts_or_changes_its_id() 
     terminate(&mut child, Duration::from_secs(30));
 }
 
+/// A node a test starts stops when the test lets go of it, passing or failing. A dropped
+/// `std::process::Child` keeps running: two crash tests left two monitors each behind after
+/// every run (found orphaned on the CI machine, retrying a nats-server long gone).
+#[test]
+fn a_node_a_test_starts_is_gone_when_the_test_drops_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let db = format!("sqlite://{}", dir.path().join("m.db").display());
+    // Nothing listens on that NATS port: the node stays up, retrying, as the leaked ones did.
+    let nats = format!("nats://127.0.0.1:{}", free_port());
+    let work = dir.path().display().to_string();
+    let child = spawn(&[
+        "run",
+        "--role",
+        "monitor",
+        "--node-id",
+        "leak-check",
+        "--nats-url",
+        &nats,
+        "--http",
+        &http,
+        "--db",
+        &db,
+        "--work-dir",
+        &work,
+    ]);
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", child.id()));
+    assert!(proc_dir.exists(), "started");
+    drop(child);
+    assert!(
+        !proc_dir.exists(),
+        "the node outlived the test's handle to it"
+    );
+}
+
 #[test]
 fn a_dns_node_id_longer_than_its_column_is_refused_at_start() {
     let id = "dns-frankfurt-production-cluster-node-01";

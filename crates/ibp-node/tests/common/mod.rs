@@ -43,27 +43,48 @@ pub fn free_port() -> u16 {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ibp-node");
 
+/// A started node with its HTTP address and ID; stopped when dropped (through [`Spawned`]).
 pub struct Proc {
-    pub child: Child,
+    pub child: Spawned,
     pub http: String,
     pub id: String,
 }
 
-impl Drop for Proc {
+/// A spawned `ibp-node`, killed and reaped when dropped, so a test that fails, or forgets,
+/// never leaves a daemon running on the machine (a dropped `Child` keeps running).
+/// Derefs to the [`Child`].
+pub struct Spawned(Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
     }
 }
 
 /// Starts `ibp-node` with `args`; its stderr goes to a file (a pipe nobody reads would
 /// block a chatty process), see [`log_of`].
-pub fn spawn(args: &[&str]) -> Child {
+pub fn spawn(args: &[&str]) -> Spawned {
     spawn_env(args, &[])
 }
 
 /// [`spawn`] with extra environment variables.
-pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Child {
+pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Spawned {
     let log = std::env::temp_dir().join(format!(
         "ibp-node-test-{}-{}.log",
         std::process::id(),
@@ -86,7 +107,7 @@ pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Child {
     LOGS.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(child.id(), log);
-    child
+    Spawned(child)
 }
 
 static LOGS: std::sync::Mutex<std::collections::BTreeMap<u32, std::path::PathBuf>> =
