@@ -183,11 +183,9 @@ fn with_a_quorum_floor_a_minority_never_decides_even_after_it_stops_hearing_the_
     }
 }
 
-/// With finalizes backed by votes (trust enforced, or a floor), a finalize that arrives
-/// before the votes behind it is held; the vote that backs it applies that finalize, as a
-/// Go monitor applies one, and this node publishes no second finalize of the decision.
-#[test]
-fn a_held_finalize_once_backed_is_applied_as_received_without_a_finalize_of_our_own() {
+/// Monitor m1 of five that applies a finalize only on the votes behind it, and sees
+/// `alpha` offline.
+fn backed_monitor() -> ibp_core::Engine {
     let cfg = CoreConfig {
         verify_finalizes: true,
         ..CoreConfig::default()
@@ -195,6 +193,15 @@ fn a_held_finalize_once_backed_is_applied_as_received_without_a_finalize_of_our_
     let mut e = engine("m1", Role::Monitor, cfg);
     with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
     set_local(&mut e, "alpha", false, t0());
+    e
+}
+
+/// With finalizes backed by votes (trust enforced, or a floor), a finalize that arrives
+/// before the votes behind it is held; the vote that backs it applies that finalize, as a
+/// Go monitor applies one, and this node publishes no second finalize of the decision.
+#[test]
+fn a_held_finalize_once_backed_is_applied_as_received_without_a_finalize_of_our_own() {
+    let mut e = backed_monitor();
     let p = proposal("A", "m2", "alpha", false, t0());
     // The proposal and this node's own vote; then m2's finalize, ahead of the votes.
     let fx = e.handle(Input::Proposal(p.clone()), at(1));
@@ -232,13 +239,7 @@ fn a_held_finalize_once_backed_is_applied_as_received_without_a_finalize_of_our_
 /// others' votes came before the proposal): the finalize is applied as received then too.
 #[test]
 fn a_held_finalize_backed_by_this_nodes_own_vote_is_applied_as_received() {
-    let cfg = CoreConfig {
-        verify_finalizes: true,
-        ..CoreConfig::default()
-    };
-    let mut e = engine("m1", Role::Monitor, cfg);
-    with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
-    set_local(&mut e, "alpha", false, t0());
+    let mut e = backed_monitor();
     let p = proposal("A", "m2", "alpha", false, t0());
     e.handle(finalize(&p, "m2", true), at(1));
     e.handle(vote("A", "m2", true), at(2));
@@ -260,14 +261,8 @@ fn a_held_finalize_backed_by_this_nodes_own_vote_is_applied_as_received() {
 /// proposal (held) or after it; the tracked proposal is decided as this node counts it.
 #[test]
 fn a_finalize_that_swaps_the_body_of_a_tracked_proposal_is_refused_and_counted() {
-    let cfg = CoreConfig {
-        verify_finalizes: true,
-        ..CoreConfig::default()
-    };
     for swapped_first in [true, false] {
-        let mut e = engine("m1", Role::Monitor, cfg.clone());
-        with_monitors(&mut e, &["m2", "m3", "m4", "m5"], t0());
-        set_local(&mut e, "alpha", false, t0());
+        let mut e = backed_monitor();
         let real = proposal("A", "m2", "alpha", false, t0());
         let swapped = proposal("A", "m2", "beta", false, t0());
         if swapped_first {

@@ -294,15 +294,20 @@ async fn rust_monitor_and_go_peers() -> (Node, NatsServer, async_nats::Client) {
 async fn a_go_finalize_applied() -> (Node, NatsServer, async_nats::Client, Decision) {
     let (node, server, raw) = rust_monitor_and_go_peers().await;
     let mut rx = node.decisions();
-    replay_go_run(&raw, |s| s == "consensus.cluster").await;
+    know_the_go_monitors(&node, &raw).await;
+    replay_go_run(&raw, |s| s == "consensus.finalize").await;
+    let d = decision_for(&mut rx, "m1").await;
+    (node, server, raw, d)
+}
+
+/// Replays the Go monitors' joins and waits until the node counts them with itself.
+async fn know_the_go_monitors(node: &Node, raw: &async_nats::Client) {
+    replay_go_run(raw, |s| s == "consensus.cluster").await;
     assert!(
         node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
             .await,
         "three Go monitors and itself"
     );
-    replay_go_run(&raw, |s| s == "consensus.finalize").await;
-    let d = decision_for(&mut rx, "m1").await;
-    (node, server, raw, d)
 }
 
 /// Publishes the captured Go run, only the subjects `keep` accepts.
@@ -331,12 +336,7 @@ async fn a_rust_monitor_decides_from_the_captured_go_votes() {
     let mut rx = node.decisions();
     // Joins and votes arrive on separate subscriptions, so their order is not kept: know
     // the three Go monitors first, or a vote could be counted against a smaller majority.
-    replay_go_run(&raw, |s| s == "consensus.cluster").await;
-    assert!(
-        node.wait_until(|n| n.count_active_monitors() == 4, Duration::from_secs(10))
-            .await,
-        "three Go monitors and itself"
-    );
+    know_the_go_monitors(&node, &raw).await;
     // Without the Go finalizes, only counting the Go votes can decide it.
     replay_go_run(&raw, |s| {
         s != "consensus.finalize" && s != "consensus.cluster"

@@ -229,26 +229,9 @@ async fn a_dns_node_is_never_counted_twice_when_it_restarts_or_changes_its_id() 
 #[test]
 fn a_node_a_test_starts_is_gone_when_the_test_drops_it() {
     let dir = tempfile::tempdir().expect("dir");
-    let http = format!("127.0.0.1:{}", free_port());
-    let db = format!("sqlite://{}", dir.path().join("m.db").display());
     // Nothing listens on that NATS port: the node stays up, retrying, as the leaked ones did.
     let nats = format!("nats://127.0.0.1:{}", free_port());
-    let work = dir.path().display().to_string();
-    let child = spawn(&[
-        "run",
-        "--role",
-        "monitor",
-        "--node-id",
-        "leak-check",
-        "--nats-url",
-        &nats,
-        "--http",
-        &http,
-        "--db",
-        &db,
-        "--work-dir",
-        &work,
-    ]);
+    let (child, _) = common::spawn_node("monitor", "leak-check", &nats, dir.path());
     let proc_dir = std::path::PathBuf::from(format!("/proc/{}", child.id()));
     assert!(proc_dir.exists(), "started");
     drop(child);

@@ -175,10 +175,12 @@ pub async fn ready(http: &str, child: &mut Child) {
     }
 }
 
-pub async fn node(role: &str, id: &str, nats: &str, dir: &std::path::Path) -> Proc {
+/// Starts `ibp-node run` as `role`/`id` on `nats` with its database in `dir` and a free
+/// HTTP port, without waiting for it; returns it and its HTTP address.
+pub fn spawn_node(role: &str, id: &str, nats: &str, dir: &std::path::Path) -> (Spawned, String) {
     let http = format!("127.0.0.1:{}", free_port());
     let db = format!("sqlite://{}", dir.join(format!("{id}.db")).display());
-    let mut child = spawn(&[
+    let child = spawn(&[
         "run",
         "--role",
         role,
@@ -191,6 +193,12 @@ pub async fn node(role: &str, id: &str, nats: &str, dir: &std::path::Path) -> Pr
         "--db",
         &db,
     ]);
+    (child, http)
+}
+
+/// [`spawn_node`], then waits until it answers over HTTP.
+pub async fn node(role: &str, id: &str, nats: &str, dir: &std::path::Path) -> Proc {
+    let (mut child, http) = spawn_node(role, id, nats, dir);
     ready(&http, &mut child).await;
     Proc {
         child,
